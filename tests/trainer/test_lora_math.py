@@ -1,0 +1,121 @@
+"""Golden vectors (spec §5.2) and properties of the HetLoRA aggregation math."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer.factors import LoraFactors
+from trainer.lora_math import (
+    component_sums,
+    coverage,
+    coverage_average,
+    normalize_weights,
+    paper_average,
+    product_norm,
+    truncate,
+    zero_pad,
+)
+
+B1, A1 = np.array([[1.0], [0.0], [0.0]]), np.array([[2.0, 0.0]])
+B2, A2 = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), np.array([[0.0, 1.0], [1.0, 0.0]])
+TOY = [LoraFactors(B1, A1), LoraFactors(B2, A2)]
+
+
+def test_sparsity_weights_golden() -> None:
+    scores = [product_norm(f) for f in TOY]
+    np.testing.assert_allclose(scores, [2.0, 1.414214], atol=1e-6)
+    np.testing.assert_allclose(normalize_weights(scores), [0.585786, 0.414214], atol=1e-6)
+
+
+def test_paper_aggregation_golden() -> None:
+    p = normalize_weights([product_norm(f) for f in TOY])
+    glob = paper_average(component_sums(TOY, p.tolist(), r_max=2))
+    np.testing.assert_allclose(glob.B, [[0.585786, 0], [0.414214, 0], [0, 0.414214]], atol=1e-6)
+    np.testing.assert_allclose(glob.A, [[1.171573, 0.414214], [0.414214, 0]], atol=1e-6)
+    np.testing.assert_allclose(
+        glob.product(), [[0.686292, 0.242641], [0.485281, 0.171573], [0.171573, 0]], atol=1e-6
+    )
+    ideal = sum(pk * f.product() for pk, f in zip(p, TOY, strict=True))
+    np.testing.assert_allclose(ideal, [[1.171573, 0], [0, 0.414214], [0.414214, 0]], atol=1e-6)
+    t = truncate(glob, 1)
+    np.testing.assert_allclose(t.B[:, 0], [0.585786, 0.414214, 0], atol=1e-6)
+    np.testing.assert_allclose(t.A[0], [1.171573, 0.414214], atol=1e-6)
+
+
+def test_coverage_golden() -> None:
+    np.testing.assert_allclose(coverage([1, 2, 4], [0.5, 0.3, 0.2], 4), [1, 0.5, 0.2, 0.2])
+
+
+def test_coverage_average_uses_only_covering_clients_and_keeps_untrained() -> None:
+    previous = LoraFactors(np.full((3, 3), 7.0), np.full((3, 2), 7.0))
+    p = [0.6, 0.4]
+    glob = coverage_average(component_sums(TOY, p, r_max=3), previous)
+    # component 0: both clients; component 1: only client 2 (rank 2), undiluted; component 2: nobody.
+    np.testing.assert_allclose(glob.B[:, 0], 0.6 * B1[:, 0] + 0.4 * B2[:, 0], atol=1e-6)
+    np.testing.assert_allclose(glob.B[:, 1], B2[:, 1], atol=1e-6)
+    np.testing.assert_allclose(glob.A[1], A2[1], atol=1e-6)
+    np.testing.assert_allclose(glob.B[:, 2], 7.0)
+    np.testing.assert_allclose(glob.A[2], 7.0)
+
+
+def test_paper_rule_zeroes_untrained_components() -> None:
+    glob = paper_average(component_sums(TOY, [0.5, 0.5], r_max=4))
+    assert np.all(glob.B[:, 2:] == 0) and np.all(glob.A[2:] == 0)
+
+
+def test_uniform_fallback_and_bad_weights() -> None:
+    np.testing.assert_allclose(normalize_weights([0.0, 0.0]), [0.5, 0.5])
+    with pytest.raises(ValueError):
+        normalize_weights([-1.0, 2.0])
+    with pytest.raises(ValueError):
+        truncate(TOY[0], 2)
+    with pytest.raises(ValueError):
+        zero_pad(TOY[1], 1)
+
+
+matrices = st.integers(1, 5).flatmap(
+    lambda r: st.tuples(
+        st.just(r),
+        st.integers(0, 2**31 - 1),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(r=st.integers(1, 6), r_max=st.integers(6, 9), seed=st.integers(0, 2**31 - 1))
+def test_pad_preserves_product_and_truncate_inverts_pad(r: int, r_max: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    f = LoraFactors(rng.normal(size=(4, r)), rng.normal(size=(r, 3)))
+    padded = zero_pad(f, r_max)
+    np.testing.assert_allclose(padded.product(), f.product(), atol=1e-12)
+    back = truncate(padded, r)
+    np.testing.assert_array_equal(back.B, f.B)
+    np.testing.assert_array_equal(back.A, f.A)
+    np.testing.assert_allclose(product_norm(f), np.linalg.norm(f.product()), rtol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ranks=st.lists(st.integers(1, 5), min_size=1, max_size=5),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_equal_ranks_reduce_to_fedavg_and_coverage_matches_paper_at_full_coverage(
+    ranks: list[int], seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    r = max(ranks)
+    fs = [LoraFactors(rng.normal(size=(3, r)), rng.normal(size=(r, 2))) for _ in ranks]
+    w = rng.uniform(0.1, 2.0, size=len(fs))
+    sums = component_sums(fs, w.tolist(), r_max=r)
+    glob = paper_average(sums)
+    p = w / w.sum()
+    np.testing.assert_allclose(glob.B, sum(pk * f.B for pk, f in zip(p, fs, strict=True)), atol=1e-5)
+    cov = coverage_average(sums, LoraFactors(np.zeros((3, r)), np.zeros((r, 2))))
+    np.testing.assert_allclose(cov.A, glob.A, atol=1e-5)
+    # Sums are additive over clients: secure aggregation can sum in any grouping.
+    half = len(fs) // 2
+    if half:
+        left = component_sums(fs[:half], w[:half].tolist(), r_max=r)
+        right = component_sums(fs[half:], w[half:].tolist(), r_max=r)
+        np.testing.assert_allclose((left + right).B, sums.B, atol=1e-9)

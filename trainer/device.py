@@ -1,0 +1,51 @@
+"""One device's part of a round: train from the task's factors, then build the upload.
+
+The in-process simulation calls :func:`run_task` directly; the device agent calls the same function after
+receiving the task over gRPC, then masks the contribution for secure aggregation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trainer.data.types import ClientDataset
+from trainer.factors import ModuleFactors
+from trainer.local_train import TrainConfig, train_local
+from trainer.strategies.base import Contribution, Strategy
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the orchestrator sends a device for one round."""
+
+    round: int
+    version: int
+    rank: int
+    factors: ModuleFactors
+    seed: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a device sends back: its contribution (masked under secure aggregation) and plain metadata."""
+
+    client_id: str
+    rank_before: int
+    rank: int
+    contribution: Contribution
+    train_loss: float
+    num_examples: int
+
+    @property
+    def upload_floats(self) -> int:
+        return self.contribution.upload_floats()
+
+
+def run_task(strategy: Strategy, model: torch.nn.Module, data: ClientDataset, task: Task, train: TrainConfig) -> Report:
+    result = train_local(
+        model, data.train, task.factors, task.rank, strategy.config.scaling, train, strategy.prune, task.seed
+    )
+    contribution = strategy.contribution(task.factors, result.factors, data.num_train_examples)
+    return Report(data.client_id, task.rank, result.rank, contribution, result.train_loss, data.num_train_examples)

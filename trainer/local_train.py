@@ -1,0 +1,115 @@
+"""Device-side local training: AdamW on the LoRA factors, with HetLoRA's tail penalty and self-pruning.
+
+The tail penalty λ·Σ_modules ||B_tail||·||A_tail|| is added to the loss on the live parameters, so it shapes
+training; after training the tail is compared with the tail of the factors the device received, and the rank
+shrinks to ⌊γ r⌋ when it went down (spec §5.1b step 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.data.types import TokenBlocks
+from trainer.factors import LoraFactors, ModuleFactors
+from trainer.peft_bridge import live_factors, lora_attached, read_factors
+from trainer.pruning import PruneConfig, pruned_rank, tail_score, tail_start
+from trainer.scaling import Scaling
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local optimisation settings: a fresh AdamW each round, as in the reference measurements."""
+
+    steps: int = 5
+    batch_size: int = 4
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"invalid training config {self}")
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What local training produced: factors at the (possibly pruned) rank and what happened on the way."""
+
+    factors: dict[str, LoraFactors]
+    rank: int
+    train_loss: float
+    tail_before: float
+    tail_after: float
+
+
+def batch_schedule(num_blocks: int, steps: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """Which training blocks each step uses: epochs of seeded permutations, so runs are reproducible."""
+    if num_blocks < 1:
+        raise ValueError("client has no training blocks")
+    rng = np.random.default_rng(seed)
+    order: list[int] = []
+    while len(order) < steps * batch_size:
+        order.extend(rng.permutation(num_blocks).tolist())
+    return [np.asarray(order[i * batch_size : (i + 1) * batch_size]) for i in range(steps)]
+
+
+def _tail_total(factors: ModuleFactors, tau: int, prune: PruneConfig) -> float:
+    with torch.no_grad():
+        return float(
+            sum(
+                tail_score(torch.from_numpy(np.asarray(f.B)), torch.from_numpy(np.asarray(f.A)), tau, prune.form)
+                for f in factors.values()
+            )
+        )
+
+
+def train_local(
+    model: torch.nn.Module,
+    blocks: TokenBlocks,
+    received: ModuleFactors,
+    rank: int,
+    scaling: Scaling,
+    cfg: TrainConfig,
+    prune: PruneConfig | None,
+    seed: int,
+) -> LocalResult:
+    """Train a rank-``rank`` LoRA starting from ``received``; returns factors truncated to the new rank."""
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    penalise = prune is not None and prune.active and prune.lam > 0
+    tau = tail_start(rank, prune.gamma) if prune is not None else rank
+    losses: list[float] = []
+    with lora_attached(model, received, rank, scaling) as peft_model:
+        peft_model.train()
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        live = live_factors(peft_model)
+        for idx in batch_schedule(len(blocks), cfg.steps, cfg.batch_size, seed):
+            batch = blocks.select(idx.tolist())
+            out = peft_model(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                labels=batch.labels.to(device),
+            )
+            loss = out.loss
+            if penalise:
+                assert prune is not None
+                penalty = sum(tail_score(B, A, tau, prune.form) for B, A in live.values())
+                loss = loss + prune.lam * penalty
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(out.loss.detach()))
+        peft_model.eval()
+        trained = read_factors(peft_model)
+    tail_before = tail_after = 0.0
+    new_rank = rank
+    if prune is not None and prune.active:
+        tail_before = _tail_total(received, tau, prune)
+        tail_after = _tail_total(trained, tau, prune)
+        new_rank = pruned_rank(rank, tail_before, tail_after, prune)
+    if new_rank < rank:
+        trained = {m: LoraFactors(f.B[:, :new_rank].copy(), f.A[:new_rank].copy()) for m, f in trained.items()}
+    return LocalResult(trained, new_rank, float(np.mean(losses)), tail_before, tail_after)

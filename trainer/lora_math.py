@@ -1,0 +1,120 @@
+"""Pure HetLoRA math: truncation, zero-padding, sparsity weights and factor-wise aggregation (spec §1.2, §4.2).
+
+Aggregation is written as *component sums* followed by a division rule, because that is exactly what secure
+aggregation can provide: for every rank component j, the sum of the weighted factors over the clients whose
+rank exceeds j, and the sum of their weights. The paper's rule divides every component by the cohort-wide
+weight; the coverage-corrected rule divides component j by the weight of the clients that trained it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trainer.factors import LoraFactors
+
+
+def truncate(factors: LoraFactors, rank: int) -> LoraFactors:
+    """The leading ``rank`` components (HetLoRA's distribution step: no SVD, no re-scaling)."""
+    if not 1 <= rank <= factors.rank:
+        raise ValueError(f"cannot truncate rank {factors.rank} factors to rank {rank}")
+    return LoraFactors(factors.B[:, :rank].copy(), factors.A[:rank, :].copy())
+
+
+def zero_pad(factors: LoraFactors, r_max: int) -> LoraFactors:
+    """Pad with zero columns of B and zero rows of A up to ``r_max`` (the product is unchanged)."""
+    r = factors.rank
+    if r > r_max:
+        raise ValueError(f"rank {r} exceeds r_max {r_max}")
+    B = np.zeros((factors.B.shape[0], r_max), dtype=factors.B.dtype)
+    A = np.zeros((r_max, factors.A.shape[1]), dtype=factors.A.dtype)
+    B[:, :r] = factors.B
+    A[:r, :] = factors.A
+    return LoraFactors(B, A)
+
+
+def product_norm(factors: LoraFactors) -> float:
+    """||B A||_F without forming the d_out × d_in product: tr((BᵀB)(AAᵀ)) costs r² instead of d_out·d_in."""
+    B = factors.B.astype(np.float64)
+    A = factors.A.astype(np.float64)
+    gram = (B.T @ B) * (A @ A.T)
+    return float(np.sqrt(max(gram.sum(), 0.0)))
+
+
+def normalize_weights(scores: Sequence[float]) -> np.ndarray:
+    """p_k = S_k / Σ S_j, falling back to uniform when every score is 0 (round 0 starts from B = 0)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError("need at least one score")
+    if np.any(s < 0) or not np.all(np.isfinite(s)):
+        raise ValueError(f"weights must be finite and non-negative, got {s.tolist()}")
+    total = s.sum()
+    return np.full(s.size, 1.0 / s.size) if total == 0 else s / total
+
+
+@dataclass(frozen=True)
+class ComponentSums:
+    """Per rank component j < r_max: Σ w_k B_k[:, j], Σ w_k A_k[j, :] and Σ w_k over clients with r_k > j."""
+
+    B: np.ndarray  # d_out × r_max
+    A: np.ndarray  # r_max × d_in
+    weight: np.ndarray  # r_max
+
+    def __add__(self, other: ComponentSums) -> ComponentSums:
+        return ComponentSums(self.B + other.B, self.A + other.A, self.weight + other.weight)
+
+
+def component_sums(factors: Sequence[LoraFactors], weights: Sequence[float], r_max: int) -> ComponentSums:
+    """Weighted sums of zero-padded factors, bucketed by rank component (what secure aggregation returns)."""
+    if len(factors) != len(weights) or not factors:
+        raise ValueError("need one weight per client and at least one client")
+    d_out, d_in = factors[0].B.shape[0], factors[0].A.shape[1]
+    B = np.zeros((d_out, r_max), dtype=np.float64)
+    A = np.zeros((r_max, d_in), dtype=np.float64)
+    w = np.zeros(r_max, dtype=np.float64)
+    for f, wk in zip(factors, weights, strict=True):
+        r = f.rank
+        if r > r_max:
+            raise ValueError(f"client rank {r} exceeds r_max {r_max}")
+        B[:, :r] += wk * f.B
+        A[:r, :] += wk * f.A
+        w[:r] += wk
+    return ComponentSums(B, A, w)
+
+
+def paper_average(sums: ComponentSums) -> LoraFactors:
+    """HetLoRA as published: every component divided by the cohort-wide weight (component 0 covers everyone).
+
+    Components that no client trained come out as exact zeros: the replacement rule that kills them.
+    """
+    total = sums.weight[0]
+    if total <= 0:
+        raise ValueError("cohort weight is zero: nothing to average")
+    return LoraFactors((sums.B / total).astype(np.float32), (sums.A / total).astype(np.float32))
+
+
+def coverage_average(sums: ComponentSums, previous: LoraFactors) -> LoraFactors:
+    """Component j divided by Σ_{k: r_k > j} w_k; a component nobody trained keeps its previous value.
+
+    Removes the zero-padding dilution of spec §4.2 (the c_j shrinkage) and the collapse of untrained
+    components, while needing only the per-bucket sums secure aggregation already provides.
+    """
+    covered = sums.weight > 0
+    if not covered[0]:
+        raise ValueError("cohort weight is zero: nothing to average")
+    B = previous.B.astype(np.float64).copy()
+    A = previous.A.astype(np.float64).copy()
+    B[:, covered] = sums.B[:, covered] / sums.weight[covered]
+    A[covered, :] = sums.A[covered, :] / sums.weight[covered, None]
+    return LoraFactors(B.astype(np.float32), A.astype(np.float32))
+
+
+def coverage(ranks: Sequence[int], weights: Sequence[float], r_max: int) -> np.ndarray:
+    """c_j = Σ_{k: r_k > j} p_k: the share of the cohort weight that trains component j (spec §4.2)."""
+    p = normalize_weights(weights)
+    c = np.zeros(r_max)
+    for r, pk in zip(ranks, p, strict=True):
+        c[:r] += pk
+    return c

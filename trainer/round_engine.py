@@ -1,0 +1,121 @@
+"""The round: plan → distribute → (devices train and upload) → aggregate → commit a new global version.
+
+This class is the one code path for a round. The in-process simulation calls it with reports from local
+function calls and sums computed in the clear; the orchestrator service calls it with tasks sent over gRPC and
+sums unmasked by the aggregator. Dropped devices are named explicitly; a round in which nobody reports keeps
+the committed version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trainer.device import Report, Task
+from trainer.store import VersionStore
+from trainer.strategies.base import AggregateSums, Strategy, sum_contributions
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any labels (round, client id, ...), identical across processes."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    round: int
+    version: int
+    cohort: tuple[str, ...]
+    ranks: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    round: int
+    version: int
+    committed: bool
+    reported: tuple[str, ...]
+    dropped: tuple[str, ...]
+    ranks_trained: Mapping[str, int]
+    ranks_after: Mapping[str, int]
+    upload_floats: int
+    train_loss: float
+    extra: dict = field(default_factory=dict)
+
+
+class RoundEngine:
+    """Sequences the strategy's pure steps and owns the per-device rank state (self-pruning persists)."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        store: VersionStore,
+        device_ranks: Mapping[str, int],
+        per_round: int,
+        seed: int,
+    ) -> None:
+        if not 1 <= per_round <= len(device_ranks):
+            raise ValueError(f"per_round must be in [1, {len(device_ranks)}], got {per_round}")
+        self.strategy = strategy
+        self.store = store
+        self.device_ranks = dict(device_ranks)
+        self.per_round = per_round
+        self.seed = seed
+
+    def plan(self, round_index: int) -> RoundPlan:
+        """A seeded sample of the enrolled devices; the same seed gives every strategy the same cohorts."""
+        ids = sorted(self.device_ranks)
+        rng = np.random.default_rng(derive_seed(self.seed, "cohort", round_index))
+        cohort = tuple(ids[i] for i in sorted(rng.choice(len(ids), self.per_round, replace=False)))
+        version, _ = self.store.latest()
+        ranks = {c: self.strategy.client_rank(self.device_ranks[c]) for c in cohort}
+        return RoundPlan(round_index, version, cohort, ranks)
+
+    def tasks(self, plan: RoundPlan) -> dict[str, Task]:
+        """Each device's starting factors, sliced from the committed version at its rank."""
+        _, current = self.store.latest()
+        by_rank = {r: self.strategy.distribute(current, r) for r in sorted(set(plan.ranks.values()))}
+        return {
+            c: Task(
+                plan.round,
+                plan.version,
+                plan.ranks[c],
+                by_rank[plan.ranks[c]],
+                derive_seed(self.seed, plan.round, c),
+            )
+            for c in plan.cohort
+        }
+
+    def finish(
+        self,
+        plan: RoundPlan,
+        reports: Sequence[Report],
+        dropped: Sequence[str],
+        sums: AggregateSums | None = None,
+    ) -> RoundOutcome:
+        """Aggregate the reports (or the securely computed ``sums``) and commit, or keep the version if empty."""
+        reported = tuple(r.client_id for r in reports)
+        unknown = (set(reported) | set(dropped)) - set(plan.cohort)
+        if unknown or set(reported) & set(dropped):
+            raise ValueError(f"reports and drops must partition the cohort; unexpected: {sorted(unknown)}")
+        for r in reports:
+            if self.strategy.prune is not None:
+                self.device_ranks[r.client_id] = min(self.device_ranks[r.client_id], r.rank)
+        upload = sum(r.upload_floats for r in reports)
+        loss = float(np.mean([r.train_loss for r in reports])) if reports else float("nan")
+        trained = {r.client_id: r.rank_before for r in reports}
+        after = {r.client_id: r.rank for r in reports}
+        if not reports:
+            version, _ = self.store.latest()
+            return RoundOutcome(plan.round, version, False, (), tuple(dropped), {}, {}, 0, loss)
+        if sums is None:
+            sums = sum_contributions([r.contribution for r in reports], self.strategy.config.r_max)
+        _, current = self.store.latest()
+        new = self.strategy.aggregate(current, sums)
+        record = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}
+        version = self.store.commit(new, record)
+        return RoundOutcome(plan.round, version, True, reported, tuple(dropped), trained, after, upload, loss)

@@ -1,0 +1,177 @@
+"""In-process federated experiments: several strategies on the same clients, ranks, cohorts and seeds.
+
+Every round goes through :class:`RoundEngine` exactly as the services drive it; devices are function calls
+and the secure sum is computed in the clear. Output: ``metrics.json`` (one record per strategy × round) and
+``heldout_loss.png`` in the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.data.registry import load_federated_corpus
+from trainer.data.types import ClientDataset
+from trainer.device import run_task
+from trainer.evaluate import evaluate_adapter, mean_client_loss
+from trainer.local_train import TrainConfig
+from trainer.model import load_base_model, load_tokenizer
+from trainer.peft_bridge import adapted_modules
+from trainer.plots import plot_heldout_loss
+from trainer.ranks import sample_ranks
+from trainer.round_engine import RoundEngine, derive_seed
+from trainer.scaling import Scaling
+from trainer.store import DirectoryStore, MemoryStore, VersionStore
+from trainer.strategies import GlobalAdapter, StrategyConfig, make_strategy, strategy_names
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    strategies: tuple[str, ...] = ("homlora", "hetlora", "flexlora")
+    model: str = "tiny"
+    corpus: str = "chitchat"
+    clients: int = 8
+    per_round: int = 4
+    rounds: int = 3
+    local_steps: int = 2
+    batch_size: int = 4
+    seq_len: int = 64
+    lr: float = 5e-4
+    r_min: int = 2
+    r_max: int = 32
+    rank_distribution: str = "uniform_int"
+    scaling: Scaling = field(default_factory=Scaling)
+    gamma: float = 0.99
+    lam: float = 0.01
+    dropout: float = 0.0
+    eval_clients: int | None = None
+    eval_blocks: int = 8
+    seed: int = 0
+    device: str = "cpu"
+    save_versions: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.strategies) - set(strategy_names())
+        if unknown:
+            raise ValueError(f"unknown strategies {sorted(unknown)}; choose from {', '.join(strategy_names())}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def _store(cfg: SimulationConfig, out: Path | None, name: str, initial: GlobalAdapter) -> VersionStore:
+    """Versions go to disk in peft format when there is an output directory, else stay in memory."""
+    if cfg.save_versions and out is not None:
+        return DirectoryStore(out / name / "versions", initial, base_model=cfg.model)
+    return MemoryStore(initial)
+
+
+def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: bool = True) -> list[dict]:
+    """Run every strategy for ``cfg.rounds`` rounds; returns (and writes) the per-round records."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    tokenizer = load_tokenizer()
+    model = load_base_model(cfg.model, device=cfg.device, seed=cfg.seed)
+    clients: list[ClientDataset] = load_federated_corpus(
+        cfg.corpus, tokenizer, cfg.clients, cfg.seq_len, heldout_blocks=cfg.eval_blocks
+    )
+    eval_sets = [c.heldout for c in clients[: cfg.eval_clients or len(clients)]]
+    by_id = {c.client_id: c for c in clients}
+    device_ranks = dict(
+        zip(
+            by_id,
+            sample_ranks(cfg.rank_distribution, len(clients), cfg.r_min, cfg.r_max, cfg.seed),
+            strict=True,
+        )
+    )
+    shapes = adapted_modules(model)
+    train = TrainConfig(steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr)
+    base_loss = mean_client_loss(model, eval_sets)
+    records: list[dict] = []
+    bar = tqdm(total=len(cfg.strategies) * cfg.rounds, disable=not progress, unit="round")
+    for name in cfg.strategies:
+        strategy = make_strategy(name, StrategyConfig(cfg.r_min, cfg.r_max, cfg.scaling, gamma=cfg.gamma, lam=cfg.lam))
+        initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
+        engine = RoundEngine(strategy, _store(cfg, out, name, initial), device_ranks, cfg.per_round, cfg.seed)
+        records.append(_record(name, 0, 0, base_loss, {}, 0, float("nan"), 0.0, (), cumulative=0))
+        cumulative = 0
+        for rnd in range(1, cfg.rounds + 1):
+            bar.set_description(f"{name} round {rnd}/{cfg.rounds}")
+            started = time.perf_counter()
+            plan = engine.plan(rnd)
+            reports, dropped = [], []
+            for client_id, task in engine.tasks(plan).items():
+                rng = np.random.default_rng(derive_seed(cfg.seed, "dropout", rnd, client_id))
+                if rng.random() < cfg.dropout:
+                    dropped.append(client_id)
+                    continue
+                reports.append(run_task(strategy, model, by_id[client_id], task, train))
+            outcome = engine.finish(plan, reports, dropped)
+            _, current = engine.store.latest()
+            loss = evaluate_adapter(model, current, eval_sets)
+            cumulative += outcome.upload_floats
+            records.append(
+                _record(
+                    name,
+                    rnd,
+                    outcome.version,
+                    loss,
+                    outcome.ranks_after,
+                    outcome.upload_floats,
+                    outcome.train_loss,
+                    time.perf_counter() - started,
+                    outcome.dropped,
+                    cumulative=cumulative,
+                    ranks_trained=outcome.ranks_trained,
+                )
+            )
+            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update()
+    bar.close()
+    if out is not None:
+        write_outputs(records, cfg, out)
+    return records
+
+
+def _record(
+    strategy: str,
+    rnd: int,
+    version: int,
+    loss: float,
+    ranks: Mapping[str, int],
+    upload_floats: int,
+    train_loss: float,
+    wall_s: float,
+    dropped: Sequence[str],
+    cumulative: int,
+    ranks_trained: Mapping[str, int] | None = None,
+) -> dict:
+    return {
+        "strategy": strategy,
+        "round": rnd,
+        "version": version,
+        "heldout_loss": loss,
+        "perplexity": float(np.exp(loss)),
+        "ranks": dict(ranks),
+        "ranks_trained": dict(ranks_trained or {}),
+        "upload_floats": upload_floats,
+        "upload_bytes": 4 * upload_floats,
+        "cumulative_upload_floats": cumulative,
+        "train_loss": train_loss,
+        "dropped": list(dropped),
+        "wall_s": wall_s,
+    }
+
+
+def write_outputs(records: list[dict], cfg: SimulationConfig, out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.json"
+    config = asdict(cfg)
+    metrics.write_text(json.dumps({"config": config, "records": records}, indent=1, default=str))
+    png = plot_heldout_loss(records, out / "heldout_loss.png", title=f"{cfg.corpus}, {cfg.model}: held-out loss")
+    return metrics, png

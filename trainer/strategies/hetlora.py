@@ -1,0 +1,64 @@
+"""HetLoRA (Cho et al., EMNLP 2024): truncation, rank self-pruning, sparsity-weighted zero-pad aggregation.
+
+``hetlora`` is the rule as published (spec §5.1b): every rank component averaged over the whole cohort, the
+aggregate replacing the global factors. ``hetlora-cov`` is our coverage-corrected variant: component j is
+averaged only over the clients that trained it and a component nobody trained keeps its value (§4.2).
+Both need only per-bucket sums, so both run under secure aggregation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from trainer.factors import ModuleFactors, ModuleShape
+from trainer.lora_math import coverage_average, paper_average, product_norm, truncate
+from trainer.pruning import PruneConfig
+from trainer.strategies.base import (
+    AggregateSums,
+    Contribution,
+    GlobalAdapter,
+    Strategy,
+    StrategyConfig,
+    init_factors,
+)
+
+Weighting = Literal["module", "client"]
+WEIGHT_FLOOR = 1e-12
+"""Keeps Σ s_k > 0 when every update is exactly zero: the spec's uniform fallback, expressed with sums only."""
+
+
+class HetLoRA(Strategy):
+    name = "hetlora"
+    coverage_corrected = False
+
+    def __init__(self, config: StrategyConfig, weighting: Weighting = "module") -> None:
+        super().__init__(config)
+        self.prune: PruneConfig | None = config.prune_config()
+        self.weighting = weighting
+
+    def initial(self, shapes: Mapping[str, ModuleShape], seed: int) -> GlobalAdapter:
+        r = self.config.r_max
+        return GlobalAdapter(init_factors(shapes, r, seed), self.config.scaling.factor(r))
+
+    def distribute(self, current: GlobalAdapter, rank: int) -> ModuleFactors:
+        return {m: truncate(f, rank) for m, f in current.factors.items()}
+
+    def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:
+        norms = {m: max(product_norm(f), WEIGHT_FLOOR) for m, f in trained.items()}
+        if self.weighting == "client":
+            total = sum(norms.values())
+            norms = dict.fromkeys(norms, total)
+        return Contribution(weight=norms, factors=dict(trained))
+
+    def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
+        if self.coverage_corrected:
+            factors = {m: coverage_average(s, current.factors[m]) for m, s in sums.factor_sums.items()}
+        else:
+            factors = {m: paper_average(s) for m, s in sums.factor_sums.items()}
+        return GlobalAdapter(factors, current.scale)
+
+
+class HetLoRACoverage(HetLoRA):
+    name = "hetlora-cov"
+    coverage_corrected = True
