@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+from torch.nn import functional
 
 from trainer.data.types import TokenBlocks
 from trainer.peft_bridge import deltas_merged

