@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from trainer.plots import plot_heldout_loss  # noqa: E402
-from trainer.simulation import SimulationConfig, run_simulation  # noqa: E402
+from trainer.plots import plot_heldout_loss
+from trainer.simulation import SimulationConfig, run_simulation
 
 STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
 
@@ -87,10 +87,22 @@ def main(argv: list[str] | None = None) -> int:
     config: dict = {}
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = SimulationConfig(
-            strategies=tuple(args.strategies.split(",")), model="smollm2", corpus=args.corpus,
-            clients=args.clients, per_round=args.per_round, rounds=args.rounds, local_steps=args.local_steps,
-            batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, r_min=args.r_min, r_max=args.r_max,
-            rank_distribution=args.ranks, eval_blocks=args.eval_blocks, seed=seed, device=args.device,
+            strategies=tuple(args.strategies.split(",")),
+            model="smollm2",
+            corpus=args.corpus,
+            clients=args.clients,
+            per_round=args.per_round,
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+            batch_size=args.batch_size,
+            seq_len=args.seq_len,
+            lr=args.lr,
+            r_min=args.r_min,
+            r_max=args.r_max,
+            rank_distribution=args.ranks,
+            eval_blocks=args.eval_blocks,
+            seed=seed,
+            device=args.device,
             save_versions=False,
         )
         config = {k: v for k, v in vars(args).items() if k != "out"}

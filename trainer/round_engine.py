@@ -113,7 +113,7 @@ class RoundEngine:
             version, _ = self.store.latest()
             return RoundOutcome(plan.round, version, False, (), tuple(dropped), {}, {}, 0, loss)
         if sums is None:
-            sums = sum_contributions([r.contribution for r in reports], self.strategy.config.r_max)
+            sums = sum_contributions([r.contribution for r in reports], self.strategy.global_rank)
         _, current = self.store.latest()
         new = self.strategy.aggregate(current, sums)
         record = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}

@@ -33,9 +33,7 @@ def test_paper_aggregation_golden() -> None:
     glob = paper_average(component_sums(TOY, p.tolist(), r_max=2))
     np.testing.assert_allclose(glob.B, [[0.585786, 0], [0.414214, 0], [0, 0.414214]], atol=1e-6)
     np.testing.assert_allclose(glob.A, [[1.171573, 0.414214], [0.414214, 0]], atol=1e-6)
-    np.testing.assert_allclose(
-        glob.product(), [[0.686292, 0.242641], [0.485281, 0.171573], [0.171573, 0]], atol=1e-6
-    )
+    np.testing.assert_allclose(glob.product(), [[0.686292, 0.242641], [0.485281, 0.171573], [0.171573, 0]], atol=1e-6)
     ideal = sum(pk * f.product() for pk, f in zip(p, TOY, strict=True))
     np.testing.assert_allclose(ideal, [[1.171573, 0], [0, 0.414214], [0.414214, 0]], atol=1e-6)
     t = truncate(glob, 1)
@@ -100,9 +98,7 @@ def test_pad_preserves_product_and_truncate_inverts_pad(r: int, r_max: int, seed
     ranks=st.lists(st.integers(1, 5), min_size=1, max_size=5),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_equal_ranks_reduce_to_fedavg_and_coverage_matches_paper_at_full_coverage(
-    ranks: list[int], seed: int
-) -> None:
+def test_equal_ranks_reduce_to_fedavg_and_coverage_matches_paper_at_full_coverage(ranks: list[int], seed: int) -> None:
     rng = np.random.default_rng(seed)
     r = max(ranks)
     fs = [LoraFactors(rng.normal(size=(3, r)), rng.normal(size=(r, 2))) for _ in ranks]

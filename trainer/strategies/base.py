@@ -8,6 +8,7 @@ the device and decides what it uploads (masked, when secure aggregation is on).
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -104,10 +105,11 @@ class StrategyConfig:
 
 def init_factors(shapes: Mapping[str, ModuleShape], rank: int, seed: int) -> dict[str, LoraFactors]:
     """Standard LoRA init at ``rank``: B = 0, A ~ U(±1/√d_in) (peft's kaiming-uniform(a=√5) bound)."""
-    rng = np.random.default_rng(seed)
     out: dict[str, LoraFactors] = {}
     for name in sorted(shapes):
         s = shapes[name]
+        # One stream per module, so the leading rows of A agree across ranks (HomLoRA r_min vs HetLoRA r_max).
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         bound = 1.0 / np.sqrt(s.d_in)
         A = rng.uniform(-bound, bound, size=(rank, s.d_in)).astype(np.float32)
         out[name] = LoraFactors(np.zeros((s.d_out, rank), dtype=np.float32), A)
@@ -122,6 +124,11 @@ class Strategy(ABC):
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config
+
+    @property
+    def global_rank(self) -> int:
+        """Width of the global factors and of the rank-bucketed sums (r_max unless every client shares a rank)."""
+        return self.config.r_max
 
     def client_rank(self, device_rank: int) -> int:
         """The rank a device trains at this round (homogeneous strategies override the device's own)."""

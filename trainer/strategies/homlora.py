@@ -29,6 +29,10 @@ class HomLoRA(Strategy):
         if not 1 <= self.rank <= config.r_max:
             raise ValueError(f"HomLoRA rank {self.rank} outside [1, {config.r_max}]")
 
+    @property
+    def global_rank(self) -> int:
+        return self.rank
+
     def client_rank(self, device_rank: int) -> int:
         return self.rank
 

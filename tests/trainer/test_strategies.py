@@ -1,0 +1,109 @@
+"""Strategy semantics on small numpy factors: distribution, contributions, aggregation, the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainer.factors import LoraFactors, ModuleShape
+from trainer.flex_math import ThinSVD
+from trainer.lora_math import product_norm
+from trainer.scaling import Scaling
+from trainer.strategies import StrategyConfig, make_strategy, strategy_names, sum_contributions
+from trainer.strategies.hetlora import HetLoRA
+
+SHAPES = {"m.q_proj": ModuleShape(6, 5), "m.k_proj": ModuleShape(3, 5)}
+CFG = StrategyConfig(r_min=1, r_max=4)
+
+
+def random_factors(rng: np.random.Generator, rank: int) -> dict[str, LoraFactors]:
+    return {
+        m: LoraFactors(
+            rng.normal(size=(s.d_out, rank)).astype(np.float32), rng.normal(size=(rank, s.d_in)).astype(np.float32)
+        )
+        for m, s in SHAPES.items()
+    }
+
+
+def test_registry_lists_all_strategies_and_rejects_unknown() -> None:
+    assert set(strategy_names()) >= {"homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora"}
+    with pytest.raises(ValueError, match="choose from"):
+        make_strategy("fedprox", CFG)
+
+
+def test_initial_is_standard_lora_init_shared_across_strategies() -> None:
+    het = make_strategy("hetlora", CFG).initial(SHAPES, seed=3)
+    hom = make_strategy("homlora", CFG).initial(SHAPES, seed=3)
+    for m in SHAPES:
+        assert not het.factors[m].B.any()
+        np.testing.assert_array_equal(het.factors[m].A[:1], hom.factors[m].A)
+
+
+def test_hetlora_distributes_leading_components_and_weights_by_product_norm() -> None:
+    rng = np.random.default_rng(0)
+    het = make_strategy("hetlora", CFG)
+    glob = het.initial(SHAPES, 0)
+    sent = het.distribute(glob, 2)
+    np.testing.assert_array_equal(sent["m.q_proj"].A, glob.factors["m.q_proj"].A[:2])
+    trained = random_factors(rng, 2)
+    c = het.contribution(sent, trained, num_examples=10)
+    assert c.weight["m.q_proj"] == pytest.approx(product_norm(trained["m.q_proj"]))
+    client_weighted = HetLoRA(CFG, weighting="client").contribution(sent, trained, 10)
+    assert len(set(client_weighted.weight.values())) == 1
+
+
+def test_paper_rule_kills_untrained_components_and_coverage_rule_keeps_them() -> None:
+    rng = np.random.default_rng(1)
+    reports = [random_factors(rng, 1), random_factors(rng, 2)]
+    for name, expect_zero in (("hetlora", True), ("hetlora-cov", False)):
+        s = make_strategy(name, CFG)
+        glob = s.initial(SHAPES, 0)
+        sums = sum_contributions([s.contribution({}, f, 5) for f in reports], CFG.r_max)
+        new = s.aggregate(glob, sums)
+        tail = new.factors["m.q_proj"].A[2:]
+        assert (not tail.any()) == expect_zero
+        if not expect_zero:
+            np.testing.assert_array_equal(tail, glob.factors["m.q_proj"].A[2:])
+
+
+def test_homlora_is_fedavg_weighted_by_examples() -> None:
+    rng = np.random.default_rng(2)
+    hom = make_strategy("homlora", CFG)
+    glob = hom.initial(SHAPES, 0)
+    fs = [random_factors(rng, 1) for _ in range(3)]
+    n = [1, 2, 7]
+    new = hom.aggregate(
+        glob, sum_contributions([hom.contribution({}, f, k) for f, k in zip(fs, n, strict=True)], hom.global_rank)
+    )
+    expect = sum(k * f["m.k_proj"].B for f, k in zip(fs, n, strict=True)) / 10
+    np.testing.assert_allclose(new.factors["m.k_proj"].B, expect, atol=1e-6)
+    assert make_strategy("homlora-max", CFG).client_rank(1) == 4 and hom.client_rank(3) == 1
+
+
+@pytest.mark.parametrize("scaling", [Scaling("constant", 2.0), Scaling("alpha", 16.0), Scaling("rslora", 8.0)])
+def test_flexlora_round_trip_gives_best_rank_r_effective_update(scaling: Scaling) -> None:
+    rng = np.random.default_rng(4)
+    cfg = StrategyConfig(r_min=1, r_max=4, scaling=scaling)
+    flex = make_strategy("flexlora", cfg)
+    glob = flex.initial(SHAPES, 0)
+    ranks = [1, 3, 4]
+    trained = [random_factors(rng, r) for r in ranks]
+    n = [2, 1, 1]
+    sums = sum_contributions([flex.contribution({}, f, k) for f, k in zip(trained, n, strict=True)], 4)
+    new = flex.aggregate(glob, sums)
+    W = sum(k * scaling.factor(r) * f["m.q_proj"].product() for f, r, k in zip(trained, ranks, n, strict=True)) / 4
+    np.testing.assert_allclose(new.delta("m.q_proj"), W, atol=1e-4)
+    for r in (1, 2, 4):
+        sent = flex.distribute(new, r)["m.q_proj"]
+        effective = scaling.factor(r) * sent.product()
+        best = ThinSVD.of(W).factors(r, 1.0).product()
+        np.testing.assert_allclose(effective, best, atol=1e-4)
+
+
+def test_contribution_upload_sizes() -> None:
+    rng = np.random.default_rng(5)
+    f = random_factors(rng, 3)
+    het = make_strategy("hetlora", CFG).contribution({}, f, 1)
+    flex = make_strategy("flexlora", CFG).contribution({}, f, 1)
+    assert het.upload_floats() == 2 + 3 * (6 + 5) + 3 * (3 + 5)
+    assert flex.upload_floats() == 2 + 6 * 5 + 3 * 5
