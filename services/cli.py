@@ -78,6 +78,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scaling-value", type=float, default=2.0, help="the constant scale, or α")
     p.add_argument("--gamma", type=float, default=0.99, help="HetLoRA self-pruning keep fraction γ (1 = off)")
     p.add_argument("--lam", type=float, default=0.01, help="HetLoRA tail penalty weight λ")
+    p.add_argument(
+        "--sparsity-weighting",
+        choices=("module", "client"),
+        default="module",
+        help="HetLoRA weights: ||B_k A_k||_F per module, or summed over modules per client",
+    )
     p.add_argument("--dropout", type=float, default=0.0, help="probability a sampled client never reports")
     p.add_argument("--eval-clients", type=int, default=None, help="clients whose held-out data is scored")
     p.add_argument("--eval-blocks", type=int, default=8, help="held-out blocks per client")
@@ -108,6 +114,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         scaling=Scaling(args.scaling, args.scaling_value),
         gamma=args.gamma,
         lam=args.lam,
+        sparsity_weighting=args.sparsity_weighting,
         dropout=args.dropout,
         eval_clients=args.eval_clients,
         eval_blocks=args.eval_blocks,

@@ -50,6 +50,7 @@ class SimulationConfig:
     scaling: Scaling = field(default_factory=Scaling)
     gamma: float = 0.99
     lam: float = 0.01
+    sparsity_weighting: str = "module"
     dropout: float = 0.0
     eval_clients: int | None = None
     eval_blocks: int = 8
@@ -95,7 +96,17 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
     records: list[dict] = []
     bar = tqdm(total=len(cfg.strategies) * cfg.rounds, disable=not progress, unit="round")
     for name in cfg.strategies:
-        strategy = make_strategy(name, StrategyConfig(cfg.r_min, cfg.r_max, cfg.scaling, gamma=cfg.gamma, lam=cfg.lam))
+        strategy = make_strategy(
+            name,
+            StrategyConfig(
+                cfg.r_min,
+                cfg.r_max,
+                cfg.scaling,
+                gamma=cfg.gamma,
+                lam=cfg.lam,
+                sparsity_weighting=cfg.sparsity_weighting,
+            ),
+        )
         initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
         engine = RoundEngine(strategy, _store(cfg, out, name, initial), device_ranks, cfg.per_round, cfg.seed)
         records.append(_record(name, 0, 0, base_loss, {}, 0, float("nan"), 0.0, (), cumulative=0))

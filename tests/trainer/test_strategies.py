@@ -48,7 +48,8 @@ def test_hetlora_distributes_leading_components_and_weights_by_product_norm() ->
     trained = random_factors(rng, 2)
     c = het.contribution(sent, trained, num_examples=10)
     assert c.weight["m.q_proj"] == pytest.approx(product_norm(trained["m.q_proj"]))
-    client_weighted = HetLoRA(CFG, weighting="client").contribution(sent, trained, 10)
+    client_cfg = StrategyConfig(r_min=1, r_max=4, sparsity_weighting="client")
+    client_weighted = HetLoRA(client_cfg).contribution(sent, trained, 10)
     assert len(set(client_weighted.weight.values())) == 1
 
 

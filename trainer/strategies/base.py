@@ -93,8 +93,11 @@ class StrategyConfig:
     scaling: Scaling = field(default_factory=Scaling)
     gamma: float = 0.99
     lam: float = 0.01
+    sparsity_weighting: str = "module"  # HetLoRA: ||B_k A_k||_F per module, or summed over modules per client
 
     def __post_init__(self) -> None:
+        if self.sparsity_weighting not in ("module", "client"):
+            raise ValueError(f"sparsity_weighting must be 'module' or 'client', got {self.sparsity_weighting!r}")
         if not 1 <= self.r_min <= self.r_max:
             raise ValueError(f"need 1 ≤ r_min ≤ r_max, got r_min={self.r_min}, r_max={self.r_max}")
 

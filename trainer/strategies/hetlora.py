@@ -9,7 +9,6 @@ Both need only per-bucket sums, so both run under secure aggregation.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
 
 from trainer.factors import ModuleFactors, ModuleShape
 from trainer.lora_math import coverage_average, paper_average, product_norm, truncate
@@ -23,7 +22,6 @@ from trainer.strategies.base import (
     init_factors,
 )
 
-Weighting = Literal["module", "client"]
 WEIGHT_FLOOR = 1e-12
 """Keeps Σ s_k > 0 when every update is exactly zero: the spec's uniform fallback, expressed with sums only."""
 
@@ -32,10 +30,10 @@ class HetLoRA(Strategy):
     name = "hetlora"
     coverage_corrected = False
 
-    def __init__(self, config: StrategyConfig, weighting: Weighting = "module") -> None:
+    def __init__(self, config: StrategyConfig) -> None:
         super().__init__(config)
         self.prune: PruneConfig | None = config.prune_config()
-        self.weighting = weighting
+        self.weighting = config.sparsity_weighting
 
     def initial(self, shapes: Mapping[str, ModuleShape], seed: int) -> GlobalAdapter:
         r = self.config.r_max
