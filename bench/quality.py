@@ -31,6 +31,17 @@ from trainer.simulation import SimulationConfig, run_simulation
 STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
 
 
+def _strong_device_loss(recs: list[dict]) -> float | None:
+    """Mean held-out loss, at their own rank, of the devices whose assigned rank is in the top half."""
+    assigned = next((r["assigned_ranks"] for r in recs if "assigned_ranks" in r), None)
+    final = max(recs, key=lambda r: r["round"])
+    if not assigned or "device_losses" not in final:
+        return None
+    cut = float(np.median(list(assigned.values())))
+    losses = [loss for cid, loss in final["device_losses"].items() if assigned[cid] >= cut]
+    return float(np.mean(losses)) if losses else None
+
+
 def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
     """Per strategy: mean ± spread over seeds of final loss, last-5 mean, gap closed, and uploads."""
     by: dict[str, dict[int, list[dict]]] = {}
@@ -44,6 +55,7 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
             finals.append(recs[-1]["heldout_loss"])
             last5.append(float(np.mean([x["heldout_loss"] for x in recs[-5:]])))
             uploads.append(recs[-1]["cumulative_upload_floats"])
+        strong = [_strong_device_loss(recs) for recs in seeds.values()]
         out[name] = {
             "final_loss": float(np.mean(finals)),
             "final_loss_spread": float(np.ptp(finals)) if len(finals) > 1 else 0.0,
@@ -53,6 +65,8 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
             "upload_bytes": 4 * float(np.mean(uploads)),
             "seeds": len(finals),
         }
+        if all(x is not None for x in strong):
+            out[name]["strong_device_loss"] = float(np.mean([x for x in strong if x is not None]))
     lo, hi = out.get("homlora"), out.get("homlora-max")
     if lo and hi and lo["last5_loss"] != hi["last5_loss"]:
         for s in out.values():

@@ -14,7 +14,7 @@ from torch.nn import functional
 
 from trainer.data.types import TokenBlocks
 from trainer.peft_bridge import deltas_merged
-from trainer.strategies.base import GlobalAdapter
+from trainer.strategies.base import GlobalAdapter, Strategy
 
 
 @torch.no_grad()
@@ -53,3 +53,11 @@ def evaluate_adapter(
     deltas: Mapping[str, np.ndarray] = {m: adapter.delta(m) for m in adapter.factors}
     with deltas_merged(model, deltas):
         return mean_client_loss(model, heldout, batch_size)
+
+
+def evaluate_at_rank(
+    model: torch.nn.Module, strategy: Strategy, adapter: GlobalAdapter, rank: int, heldout: Sequence[TokenBlocks]
+) -> float:
+    """What a device of this rank gets: the global adapter as the strategy distributes it, at the device's scale."""
+    local = GlobalAdapter(dict(strategy.distribute(adapter, rank)), strategy.config.scaling.factor(rank))
+    return evaluate_adapter(model, local, heldout)

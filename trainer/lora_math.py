@@ -118,3 +118,13 @@ def coverage(ranks: Sequence[int], weights: Sequence[float], r_max: int) -> np.n
     for r, pk in zip(ranks, p, strict=True):
         c[:r] += pk
     return c
+
+
+def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> LoraFactors:
+    """previous + (Σ w_k δ_k)_j / Σ_{k: r_k > j} w_k per component; untouched where nobody trained j."""
+    covered = delta_sums.weight > 0
+    B = previous.B.astype(np.float64).copy()
+    A = previous.A.astype(np.float64).copy()
+    B[:, covered] += delta_sums.B[:, covered] / delta_sums.weight[covered]
+    A[covered, :] += delta_sums.A[covered, :] / delta_sums.weight[covered, None]
+    return LoraFactors(B.astype(np.float32), A.astype(np.float32))

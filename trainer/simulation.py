@@ -20,7 +20,7 @@ from tqdm import tqdm
 from trainer.data.registry import load_federated_corpus
 from trainer.data.types import ClientDataset
 from trainer.device import run_task
-from trainer.evaluate import evaluate_adapter, mean_client_loss
+from trainer.evaluate import evaluate_adapter, evaluate_at_rank, mean_client_loss
 from trainer.local_train import TrainConfig
 from trainer.model import load_base_model, load_tokenizer
 from trainer.peft_bridge import adapted_modules
@@ -57,6 +57,7 @@ class SimulationConfig:
     seed: int = 0
     device: str = "cpu"
     save_versions: bool = True
+    device_eval: bool = True  # after the last round, score each device at its own rank on its own held-out data
 
     def __post_init__(self) -> None:
         unknown = set(self.strategies) - set(strategy_names())
@@ -82,6 +83,7 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
         cfg.corpus, tokenizer, cfg.clients, cfg.seq_len, heldout_blocks=cfg.eval_blocks
     )
     eval_sets = [c.heldout for c in clients[: cfg.eval_clients or len(clients)]]
+    eval_ids = [c.client_id for c in clients[: cfg.eval_clients or len(clients)]]
     by_id = {c.client_id: c for c in clients}
     device_ranks = dict(
         zip(
@@ -110,6 +112,7 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
         initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
         engine = RoundEngine(strategy, _store(cfg, out, name, initial), device_ranks, cfg.per_round, cfg.seed)
         records.append(_record(name, 0, 0, base_loss, {}, 0, float("nan"), 0.0, (), cumulative=0))
+        records[-1]["assigned_ranks"] = dict(device_ranks)
         cumulative = 0
         for rnd in range(1, cfg.rounds + 1):
             bar.set_description(f"{name} round {rnd}/{cfg.rounds}")
@@ -143,6 +146,14 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
             )
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.update()
+        if cfg.device_eval:
+            _, final = engine.store.latest()
+            records[-1]["device_losses"] = {
+                cid: evaluate_at_rank(model, strategy, final, strategy.client_rank(rank), [by_id[cid].heldout])
+                for cid, rank in engine.device_ranks.items()
+                if cid in eval_ids
+            }
+            records[-1]["device_ranks"] = {c: strategy.client_rank(engine.device_ranks[c]) for c in eval_ids}
     bar.close()
     if out is not None:
         write_outputs(records, cfg, out)

@@ -32,6 +32,9 @@ def test_writes_metrics_plot_and_versions(run_dir: Path) -> None:
     flex = sum(r["upload_bytes"] for r in recs if r["strategy"] == "flexlora")
     het = sum(r["upload_bytes"] for r in recs if r["strategy"] == "hetlora")
     assert flex > 0 and het > 0
+    finals = [r for r in recs if r["round"] == 2]
+    assert all(len(r["device_losses"]) == 6 for r in finals)
+    assert set(next(r for r in finals if r["strategy"] == "homlora")["device_ranks"].values()) == {2}
     assert (run_dir / "heldout_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     versions = sorted(p.name for p in (run_dir / "hetlora" / "versions").iterdir())
     assert versions[0] == "LATEST" and "v0000" in versions

@@ -108,3 +108,27 @@ def test_contribution_upload_sizes() -> None:
     flex = make_strategy("flexlora", CFG).contribution({}, f, 1)
     assert het.upload_floats() == 2 + 3 * (6 + 5) + 3 * (3 + 5)
     assert flex.upload_floats() == 2 + 6 * 5 + 3 * 5
+
+
+def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained() -> None:
+    rng = np.random.default_rng(6)
+    delta = make_strategy("hetlora-delta", CFG)
+    hom = make_strategy("homlora-max", CFG)
+    glob = delta.initial(SHAPES, 0)
+    glob = type(glob)(random_factors(rng, 4), glob.scale)
+    sent = delta.distribute(glob, 4)
+    trained = [random_factors(rng, 4) for _ in range(3)]
+    n = [3, 1, 2]
+    d_sums = sum_contributions([delta.contribution(sent, f, k) for f, k in zip(trained, n, strict=True)], 4)
+    h_sums = sum_contributions([hom.contribution(sent, f, k) for f, k in zip(trained, n, strict=True)], 4)
+    np.testing.assert_allclose(
+        delta.aggregate(glob, d_sums).factors["m.q_proj"].B,
+        hom.aggregate(glob, h_sums).factors["m.q_proj"].B,
+        atol=1e-5,
+    )
+    # Heterogeneous: only a rank-1 device reports; components 1..3 keep their values exactly.
+    low = delta.distribute(glob, 1)
+    moved = {m: type(f)(f.B + 1.0, f.A - 1.0) for m, f in low.items()}
+    new = delta.aggregate(glob, sum_contributions([delta.contribution(low, moved, 5)], 4))
+    np.testing.assert_array_equal(new.factors["m.q_proj"].B[:, 1:], glob.factors["m.q_proj"].B[:, 1:])
+    np.testing.assert_allclose(new.factors["m.q_proj"].B[:, 0], glob.factors["m.q_proj"].B[:, 0] + 1.0, atol=1e-6)

@@ -14,6 +14,7 @@ from trainer.strategies.base import (
 )
 from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
+from trainer.strategies.hetlora_delta import HetLoRADelta
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
 
 StrategyFactory = Callable[[StrategyConfig], Strategy]
@@ -40,7 +41,7 @@ def make_strategy(name: str, config: StrategyConfig) -> Strategy:
     return factory(config)
 
 
-for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, FlexLoRA):
+for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, HetLoRADelta, FlexLoRA):
     register(_cls.name, _cls)
 
 __all__ = [
