@@ -29,6 +29,7 @@ from trainer.plots import plot_heldout_loss
 from trainer.simulation import SimulationConfig, run_simulation
 
 STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
+HOMOGENEOUS = ("homlora", "homlora-max")
 
 
 def _strong_device_loss(recs: list[dict]) -> float | None:
@@ -94,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-blocks", type=int, default=3)
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        help="also summarise the records of an earlier run with the same settings (e.g. its baselines)",
+    )
     args = p.parse_args(argv)
 
     started = time.perf_counter()
@@ -119,9 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device,
             save_versions=False,
         )
-        config = {k: v for k, v in vars(args).items() if k != "out"}
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "merge")}
         for r in run_simulation(cfg):
             records.append({**r, "seed": seed})
+    for path in args.merge:
+        earlier = json.loads(path.read_text())
+        settings = {k: v for k, v in earlier["config"].items() if k not in ("strategies", "tag", "merge")}
+        mine = {k: v for k, v in config.items() if k not in ("strategies", "tag", "merge")}
+        differ = {k for k in settings.keys() | mine.keys() if settings.get(k) != mine.get(k)}
+        # Homogeneous baselines do not depend on how device ranks are drawn, so they merge across --ranks.
+        if differ and differ != {"ranks"}:
+            raise SystemExit(f"{path} was run with other settings ({', '.join(sorted(differ))}); cannot merge")
+        have = {r["strategy"] for r in records}
+        records.extend(
+            r for r in earlier["records"] if r["strategy"] not in have and (not differ or r["strategy"] in HOMOGENEOUS)
+        )
     summary = summarise(records, args.rounds)
     result = {
         "benchmark": "quality",
