@@ -43,7 +43,7 @@ bench-quality:  ## real SmolLM2 on chitchat users, all strategies -> bench/resul
 	$(PY) bench/quality.py --out bench/results
 
 demo:  ## a short federated run on the real model; prints where the plot is
-	$(VENV)/bin/hetlora simulate --model smollm2 --corpus chitchat --strategy hetlora,homlora \
+	$(VENV)/bin/hetlora simulate --model smollm2 --corpus chitchat --strategy homlora,hetlora,hetlora-cov \
 	    --clients 6 --per-round 3 --rounds 3 --local-steps 2 --batch-size 2 --seq-len 64 \
 	    --eval-clients 6 --eval-blocks 2 --out runs/demo
 
