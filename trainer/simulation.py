@@ -144,6 +144,7 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
                     ranks_trained=outcome.ranks_trained,
                 )
             )
+            records[-1]["global_live_rank"] = live_rank(current)
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.update()
         if cfg.device_eval:
@@ -188,6 +189,14 @@ def _record(
         "dropped": list(dropped),
         "wall_s": wall_s,
     }
+
+
+def live_rank(adapter: GlobalAdapter) -> int:
+    """Rank components of the global that are not exactly zero in every module (the paper rule kills some)."""
+    alive = np.zeros(adapter.rank, dtype=bool)
+    for f in adapter.factors.values():
+        alive[: f.rank] |= np.any(f.B != 0, axis=0) & np.any(f.A != 0, axis=1)
+    return int(alive.sum())
 
 
 def write_outputs(records: list[dict], cfg: SimulationConfig, out: Path) -> tuple[Path, Path]:

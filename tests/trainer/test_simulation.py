@@ -28,6 +28,7 @@ def test_writes_metrics_plot_and_versions(run_dir: Path) -> None:
     for r in recs:
         assert {"strategy", "round", "heldout_loss", "ranks", "upload_bytes"} <= r.keys()
     r1 = [r for r in recs if r["round"] > 0]
+    assert all(1 <= r["global_live_rank"] <= 32 for r in r1)
     assert all(r["upload_bytes"] > 0 or len(r["dropped"]) == 3 for r in r1)
     flex = sum(r["upload_bytes"] for r in recs if r["strategy"] == "flexlora")
     het = sum(r["upload_bytes"] for r in recs if r["strategy"] == "hetlora")
@@ -52,3 +53,19 @@ def test_cli_rejects_unknown_strategy(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         build_parser().parse_args(["simulate", "--strategy", "fedprox", "--out", "x"])
     assert "choose from" in capsys.readouterr().err
+
+
+def test_live_rank_counts_components_alive_in_any_module() -> None:
+    import numpy as np
+
+    from trainer.factors import LoraFactors
+    from trainer.simulation import live_rank
+    from trainer.strategies import GlobalAdapter
+
+    B = np.zeros((3, 4))
+    B[:, 1] = 1
+    B[0, 3] = 2
+    adapter = GlobalAdapter(
+        {"a": LoraFactors(B, np.ones((4, 2))), "b": LoraFactors(np.ones((3, 2)), np.ones((2, 2)))}, 1
+    )
+    assert live_rank(adapter) == 3
