@@ -128,3 +128,24 @@ def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> 
     B[:, covered] += delta_sums.B[:, covered] / delta_sums.weight[covered]
     A[covered, :] += delta_sums.A[covered, :] / delta_sums.weight[covered, None]
     return LoraFactors(B.astype(np.float32), A.astype(np.float32))
+
+
+def balanced_svd_basis(factors: LoraFactors) -> LoraFactors:
+    """The same product B·A re-expressed as U√Σ and √Σ Vᵀ, components ordered by singular value.
+
+    Costs two thin QRs and an r × r SVD (never the d_out × d_in product). After re-basing, truncation to the
+    leading r components is the best rank-r approximation of the product (Eckart–Young), and the two factors
+    carry equal scale (FlexLoRA puts all of Σ in B, an imbalance spec §4.4 flags).
+    """
+    B = factors.B.astype(np.float64)
+    A = factors.A.astype(np.float64)
+    Qb, Rb = np.linalg.qr(B)
+    Qa, Ra = np.linalg.qr(A.T)
+    u, s, vt = np.linalg.svd(Rb @ Ra.T, full_matrices=False)
+    root = np.sqrt(s)
+    k = s.size  # < rank only when rank exceeds a dimension; the extra components are zero
+    out_B = np.zeros_like(B)
+    out_A = np.zeros_like(A)
+    out_B[:, :k] = (Qb @ u) * root
+    out_A[:k] = root[:, None] * (vt @ Qa.T)
+    return LoraFactors(out_B.astype(np.float32), out_A.astype(np.float32))

@@ -115,3 +115,21 @@ def test_equal_ranks_reduce_to_fedavg_and_coverage_matches_paper_at_full_coverag
         left = component_sums(fs[:half], w[:half].tolist(), r_max=r)
         right = component_sums(fs[half:], w[half:].tolist(), r_max=r)
         np.testing.assert_allclose((left + right).B, sums.B, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(r=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_balanced_svd_basis_keeps_product_orders_components_and_balances(r: int, seed: int) -> None:
+    from trainer.flex_math import ThinSVD
+    from trainer.lora_math import balanced_svd_basis
+
+    rng = np.random.default_rng(seed)
+    f = LoraFactors(rng.normal(size=(7, r)) * 3, rng.normal(size=(r, 5)) * 0.1)
+    g = balanced_svd_basis(f)
+    np.testing.assert_allclose(g.product(), f.product(), atol=1e-5)
+    col = np.linalg.norm(g.B, axis=0)
+    np.testing.assert_allclose(col, np.linalg.norm(g.A, axis=1), rtol=1e-4)  # √σ_j in both factors
+    assert np.all(np.diff(col) <= 1e-6)  # descending singular values
+    for k in range(1, r + 1):
+        best = ThinSVD.of(f.product()).factors(k, 1.0).product()
+        np.testing.assert_allclose(truncate(g, k).product(), best, atol=1e-4)

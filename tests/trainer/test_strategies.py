@@ -132,3 +132,19 @@ def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained() -
     new = delta.aggregate(glob, sum_contributions([delta.contribution(low, moved, 5)], 4))
     np.testing.assert_array_equal(new.factors["m.q_proj"].B[:, 1:], glob.factors["m.q_proj"].B[:, 1:])
     np.testing.assert_allclose(new.factors["m.q_proj"].B[:, 0], glob.factors["m.q_proj"].B[:, 0] + 1.0, atol=1e-6)
+
+
+def test_svd_rebasing_gives_weak_devices_the_best_low_rank_update() -> None:
+    rng = np.random.default_rng(7)
+    svd = make_strategy("hetlora-svd", CFG)
+    glob = svd.initial(SHAPES, 0)
+    glob = type(glob)(random_factors(rng, 4), glob.scale)
+    sent = svd.distribute(glob, 4)
+    reports = [svd.contribution(sent, random_factors(rng, 4), 1)]
+    new = svd.aggregate(glob, sum_contributions(reports, 4))
+    delta = make_strategy("hetlora-delta", CFG).aggregate(glob, sum_contributions(reports, 4))
+    for m in SHAPES:
+        np.testing.assert_allclose(new.delta(m), delta.delta(m), atol=1e-4)  # same global update
+        weak = svd.distribute(new, 1)[m].product()
+        best = ThinSVD.of(new.factors[m].product()).factors(1, 1.0).product()
+        np.testing.assert_allclose(weak, best, atol=1e-4)

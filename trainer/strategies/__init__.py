@@ -15,6 +15,7 @@ from trainer.strategies.base import (
 from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
 from trainer.strategies.hetlora_delta import HetLoRADelta
+from trainer.strategies.hetlora_svd import HetLoRASVD
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
 
 StrategyFactory = Callable[[StrategyConfig], Strategy]
@@ -41,7 +42,7 @@ def make_strategy(name: str, config: StrategyConfig) -> Strategy:
     return factory(config)
 
 
-for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, HetLoRADelta, FlexLoRA):
+for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, HetLoRADelta, HetLoRASVD, FlexLoRA):
     register(_cls.name, _cls)
 
 __all__ = [
