@@ -32,14 +32,21 @@ STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
 HOMOGENEOUS = ("homlora", "homlora-max")
 
 
-def _strong_device_loss(recs: list[dict]) -> float | None:
-    """Mean held-out loss, at their own rank, of the devices whose assigned rank is in the top half."""
+def device_group_loss(recs: list[dict], group: str) -> float | None:
+    """Mean held-out loss, at their own rank, of the strong (top half) or weak (bottom quarter) devices.
+
+    Groups are by the rank a device was *assigned*, before any self-pruning, and use the final round.
+    """
     assigned = next((r["assigned_ranks"] for r in recs if "assigned_ranks" in r), None)
     final = max(recs, key=lambda r: r["round"])
     if not assigned or "device_losses" not in final:
         return None
-    cut = float(np.median(list(assigned.values())))
-    losses = [loss for cid, loss in final["device_losses"].items() if assigned[cid] >= cut]
+    ranks = list(assigned.values())
+    if group == "strong":
+        chosen = [c for c, r in assigned.items() if r >= float(np.median(ranks))]
+    else:
+        chosen = [c for c, r in assigned.items() if r <= float(np.percentile(ranks, 25))]
+    losses = [final["device_losses"][c] for c in chosen if c in final["device_losses"]]
     return float(np.mean(losses)) if losses else None
 
 
@@ -56,7 +63,7 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
             finals.append(recs[-1]["heldout_loss"])
             last5.append(float(np.mean([x["heldout_loss"] for x in recs[-5:]])))
             uploads.append(recs[-1]["cumulative_upload_floats"])
-        strong = [_strong_device_loss(recs) for recs in seeds.values()]
+        groups = {g: [device_group_loss(recs, g) for recs in seeds.values()] for g in ("strong", "weak")}
         out[name] = {
             "final_loss": float(np.mean(finals)),
             "final_loss_spread": float(np.ptp(finals)) if len(finals) > 1 else 0.0,
@@ -66,8 +73,9 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
             "upload_bytes": 4 * float(np.mean(uploads)),
             "seeds": len(finals),
         }
-        if all(x is not None for x in strong):
-            out[name]["strong_device_loss"] = float(np.mean([x for x in strong if x is not None]))
+        for group, values in groups.items():
+            if all(x is not None for x in values):
+                out[name][f"{group}_device_loss"] = float(np.mean([x for x in values if x is not None]))
     lo, hi = out.get("homlora"), out.get("homlora-max")
     if lo and hi and lo["last5_loss"] != hi["last5_loss"]:
         for s in out.values():

@@ -1,5 +1,8 @@
 """Print the summary of quality benchmark JSON files as Markdown tables (for docs and issue notes).
 
+Device columns: held-out loss of each device at its own rank on its own data, mean over devices whose
+assigned rank is in the top half (strong) or the bottom quarter (weak); '-' where a run did not score devices.
+
 python bench/report.py bench/results/quality.json bench/results/quality-iambic.json
 """
 
@@ -8,6 +11,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import device_group_loss
 
 
 def table(path: Path) -> str:
@@ -18,16 +24,17 @@ def table(path: Path) -> str:
         f"{cfg['rounds']} rounds × {cfg['local_steps']} steps of {cfg['batch_size']}×{cfg['seq_len']} tokens, "
         f"lr {cfg['lr']}, ranks {cfg['ranks']} in [{cfg['r_min']}, {cfg['r_max']}], seeds {cfg['seeds']}",
         "",
-        "| strategy | final loss | last-5 mean | gap closed (last-5) | strong devices, own rank | upload (MB) |",
-        "|---|---|---|---|---|---|",
+        "| strategy | final loss | last-5 mean | gap closed (last-5) | strong devices | weak devices | upload (MB) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, s in data["summary"].items():
         gap = s.get("gap_closed_last5")
-        strong = s.get("strong_device_loss")
+        recs = [r for r in data["records"] if r["strategy"] == name]
+        groups = [device_group_loss(recs, g) for g in ("strong", "weak")]
+        strong, weak = ("-" if x is None else f"{x:.4f}" for x in groups)
         lines.append(
             f"| {name} | {s['final_loss']:.4f} | {s['last5_loss']:.4f} | "
-            f"{'-' if gap is None else f'{100 * gap:.0f} %'} | {'-' if strong is None else f'{strong:.4f}'} | "
-            f"{s['upload_bytes'] / 1e6:,.0f} |"
+            f"{'-' if gap is None else f'{100 * gap:.0f} %'} | {strong} | {weak} | {s['upload_bytes'] / 1e6:,.0f} |"
         )
     return "\n".join(lines)
 
