@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trainer.factors import LoraFactors, ModuleFactors, ModuleShape
-from trainer.lora_math import ComponentSums, component_sums
+from trainer.lora_math import ComponentSums, component_sums, truncate
 from trainer.pruning import PruneConfig
 from trainer.scaling import Scaling
 
@@ -141,9 +141,12 @@ class Strategy(ABC):
     def initial(self, shapes: Mapping[str, ModuleShape], seed: int) -> GlobalAdapter:
         """Version 0 of the global adapter."""
 
-    @abstractmethod
     def distribute(self, current: GlobalAdapter, rank: int) -> ModuleFactors:
-        """The factors a client of this rank starts from (its scale is ``config.scaling.factor(rank)``)."""
+        """The factors a client of this rank starts from (its scale is ``config.scaling.factor(rank)``).
+
+        By default the leading ``rank`` components (HetLoRA's truncation; HomLoRA's identity).
+        """
+        return {m: truncate(f, rank) for m, f in current.factors.items()}
 
     @abstractmethod
     def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:

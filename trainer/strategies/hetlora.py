@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trainer.factors import ModuleFactors, ModuleShape
-from trainer.lora_math import coverage_average, paper_average, product_norm, truncate
+from trainer.lora_math import coverage_average, paper_average, product_norm
 from trainer.pruning import PruneConfig
 from trainer.strategies.base import (
     AggregateSums,
@@ -38,9 +38,6 @@ class HetLoRA(Strategy):
     def initial(self, shapes: Mapping[str, ModuleShape], seed: int) -> GlobalAdapter:
         r = self.config.r_max
         return GlobalAdapter(init_factors(shapes, r, seed), self.config.scaling.factor(r))
-
-    def distribute(self, current: GlobalAdapter, rank: int) -> ModuleFactors:
-        return {m: truncate(f, rank) for m, f in current.factors.items()}
 
     def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:
         norms = {m: max(product_norm(f), WEIGHT_FLOOR) for m, f in trained.items()}

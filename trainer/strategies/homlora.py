@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trainer.factors import ModuleFactors, ModuleShape
-from trainer.lora_math import paper_average, truncate
+from trainer.lora_math import paper_average
 from trainer.strategies.base import (
     AggregateSums,
     Contribution,
@@ -38,9 +38,6 @@ class HomLoRA(Strategy):
 
     def initial(self, shapes: Mapping[str, ModuleShape], seed: int) -> GlobalAdapter:
         return GlobalAdapter(init_factors(shapes, self.rank, seed), self.config.scaling.factor(self.rank))
-
-    def distribute(self, current: GlobalAdapter, rank: int) -> ModuleFactors:
-        return {m: truncate(f, rank) for m, f in current.factors.items()}
 
     def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:
         return Contribution(weight={m: float(num_examples) for m in trained}, factors=dict(trained))
