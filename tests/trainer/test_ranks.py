@@ -48,3 +48,13 @@ def test_sampling_is_seeded_and_validated() -> None:
     assert sample_ranks("homogeneous_max", 3, 2, 32, 0) == [32, 32, 32]
     with pytest.raises(ValueError, match="choose from"):
         sample_ranks("zipf", 3, 2, 32, 0)
+
+
+def test_normal_distribution_golden_from_flexlora_code() -> None:
+    import math
+
+    pdf = [math.exp(-((i - 1.5) ** 2) / (2 * 0.7**2)) for i in range(4)]  # code types 0..3
+    p = [x / sum(pdf) for x in pdf]
+    assert p == pytest.approx([0.057492, 0.442508, 0.442508, 0.057492], abs=1e-6)
+    # Tiers weakest→strongest are code types 0 (r=8), 3 (r=30), 2 (30/200), 1 (r=200).
+    assert TIER_DISTRIBUTIONS["normal"] == pytest.approx((p[0], p[3], p[2], p[1]), abs=1e-6)
