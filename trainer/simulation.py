@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from trainer.data.registry import load_federated_corpus
@@ -76,14 +75,14 @@ def _store(cfg: SimulationConfig, out: Path | None, name: str, initial: GlobalAd
 
 def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: bool = True) -> list[dict]:
     """Run every strategy for ``cfg.rounds`` rounds; returns (and writes) the per-round records."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     tokenizer = load_tokenizer()
     model = load_base_model(cfg.model, device=cfg.device, seed=cfg.seed)
     clients: list[ClientDataset] = load_federated_corpus(
         cfg.corpus, tokenizer, cfg.clients, cfg.seq_len, heldout_blocks=cfg.eval_blocks
     )
-    eval_sets = [c.heldout for c in clients[: cfg.eval_clients or len(clients)]]
-    eval_ids = [c.client_id for c in clients[: cfg.eval_clients or len(clients)]]
+    scored = clients[: cfg.eval_clients or len(clients)]
+    eval_sets = [c.heldout for c in scored]
+    eval_ids = [c.client_id for c in scored]
     by_id = {c.client_id: c for c in clients}
     device_ranks = dict(
         zip(
