@@ -113,6 +113,19 @@ def simulate_round(
         up[c] += len(payload)
         clock.run_server(lambda: handle(parse(payload)))
 
+    def exchange(
+        c: int,
+        stage: Stage,
+        payload: bytes,
+        client_fn: Callable[[int, bytes], bytes],
+        parse: Callable[[bytes], object],
+        handle: Callable[..., None],
+    ) -> None:
+        """Deliver one server message to client c and its answer back, unless c has dropped by ``stage``."""
+        if alive(c, stage):
+            down[c] += len(payload)
+            to_server(c, clock.run_client(c, partial(client_fn, c, payload)), parse, handle)
+
     def encode_input(c: int) -> np.ndarray:
         item = inputs[c]
         if codec is None:
@@ -149,22 +162,15 @@ def simulate_round(
                 to_server(c, data, ShareKeys.from_bytes, server.receive_shares)
         relays = clock.run_server(lambda: {r: m.to_bytes() for r, m in server.close_share_keys().items()})
         for c, relay in relays.items():
-            if alive(c, Stage.MASKED_INPUT):
-                down[c] += len(relay)
-                data = clock.run_client(c, partial(mask, c, relay))
-                to_server(c, data, MaskedInput.from_bytes, server.receive_masked_input)
+            exchange(c, Stage.MASKED_INPUT, relay, mask, MaskedInput.from_bytes, server.receive_masked_input)
         request = clock.run_server(lambda: server.close_masked_input().to_bytes())
         for c in server.state.survivors:
-            if alive(c, Stage.CONSISTENCY_CHECK):
-                down[c] += len(request)
-                data = clock.run_client(c, partial(check, c, request))
-                to_server(c, data, ConsistencySignature.from_bytes, server.receive_consistency)
+            exchange(
+                c, Stage.CONSISTENCY_CHECK, request, check, ConsistencySignature.from_bytes, server.receive_consistency
+            )
         unmask = clock.run_server(lambda: server.close_consistency_check().to_bytes())
         for c in server.state.signers:
-            if alive(c, Stage.UNMASK):
-                down[c] += len(unmask)
-                data = clock.run_client(c, partial(reveal, c, unmask))
-                to_server(c, data, UnmaskResponse.from_bytes, server.receive_unmask)
+            exchange(c, Stage.UNMASK, unmask, reveal, UnmaskResponse.from_bytes, server.receive_unmask)
         result = clock.run_server(server.finalize)
         report.result = result
         if codec is not None:
