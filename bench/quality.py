@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
+    if args.device.startswith("cuda"):
+        import torch
+
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: fp32 storage, as on the CPU runs
     started = time.perf_counter()
     records: list[dict] = []
     config: dict = {}

@@ -137,15 +137,36 @@ def balanced_svd_basis(factors: LoraFactors) -> LoraFactors:
     leading r components is the best rank-r approximation of the product (Eckart–Young), and the two factors
     carry equal scale (FlexLoRA puts all of Σ in B, an imbalance spec §4.4 flags).
     """
+    return svd_basis(factors, a_row_norm=None)
+
+
+# Row norm of A under peft's LoRA init, U(±1/√d_in): E‖a‖² = d_in · (1/d_in)/3.
+LORA_INIT_A_ROW_NORM = float(np.sqrt(1.0 / 3.0))
+
+
+def svd_basis(factors: LoraFactors, a_row_norm: float | None = LORA_INIT_A_ROW_NORM) -> LoraFactors:
+    """B·A re-expressed in its SVD basis: A's rows orthogonal with norm ``a_row_norm``, B = UΣ / a_row_norm.
+
+    With ``a_row_norm=None`` Σ is split evenly (U√Σ, √Σ Vᵀ). Keeping A's rows at LoRA's init scale instead
+    keeps every component trainable: the gradient of column j of B is proportional to row j of A, so the
+    balanced split starves components with small σ_j (and zeroes those with σ_j = 0 for good), while here a
+    component with σ_j = 0 is exactly a fresh LoRA component (B_j = 0, A_j a unit-scale direction).
+    Components stay ordered by σ, so truncation is still the best rank-r approximation.
+    """
     B = factors.B.astype(np.float64)
     A = factors.A.astype(np.float64)
     Qb, Rb = np.linalg.qr(B)
     Qa, Ra = np.linalg.qr(A.T)
-    u, s, vt = np.linalg.svd(Rb @ Ra.T, full_matrices=False)
-    root = np.sqrt(s)
-    k = s.size  # < rank only when rank exceeds a dimension; the extra components are zero
+    # Full Vᵀ: when d_out < rank the components past σ's length still get orthogonal A rows.
+    u, s, vt = np.linalg.svd(Rb @ Ra.T, full_matrices=True)
+    k = s.size  # < rank only when rank exceeds a dimension
     out_B = np.zeros_like(B)
     out_A = np.zeros_like(A)
-    out_B[:, :k] = (Qb @ u) * root
-    out_A[:k] = root[:, None] * (vt @ Qa.T)
+    if a_row_norm is None:
+        root = np.sqrt(s)
+        out_B[:, :k] = (Qb @ u[:, :k]) * root
+        out_A[:k] = root[:, None] * (vt[:k] @ Qa.T)
+    else:
+        out_B[:, :k] = (Qb @ u[:, :k]) * (s / a_row_norm)
+        out_A[: vt.shape[0]] = a_row_norm * (vt @ Qa.T)
     return LoraFactors(out_B.astype(np.float32), out_A.astype(np.float32))

@@ -32,7 +32,14 @@ def trained(rng: np.random.Generator, rank: int) -> dict[str, LoraFactors]:
 # Public weight bounds: example counts for FedAvg-style weights, ||B_k A_k||_F for HetLoRA's sparsity weights.
 @pytest.mark.parametrize(
     ("name", "weight_bound"),
-    [("homlora-max", 1e3), ("hetlora", 10.0), ("hetlora-cov", 10.0), ("hetlora-delta", 1e3), ("hetlora-svd", 1e3)],
+    [
+        ("homlora-max", 1e3),
+        ("hetlora", 10.0),
+        ("hetlora-cov", 10.0),
+        ("hetlora-delta", 1e3),
+        ("hetlora-svd", 1e3),
+        ("hetlora-rebase", 1e3),
+    ],
 )
 def test_secure_aggregate_matches_plaintext_with_a_dropout(name: str, weight_bound: float) -> None:
     rng = np.random.default_rng(0)

@@ -133,3 +133,33 @@ def test_balanced_svd_basis_keeps_product_orders_components_and_balances(r: int,
     for k in range(1, r + 1):
         best = ThinSVD.of(f.product()).factors(k, 1.0).product()
         np.testing.assert_allclose(truncate(g, k).product(), best, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(r=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
+def test_svd_basis_keeps_product_and_a_rows_at_init_scale(r: int, seed: int) -> None:
+    from trainer.flex_math import ThinSVD
+    from trainer.lora_math import LORA_INIT_A_ROW_NORM, svd_basis
+
+    rng = np.random.default_rng(seed)
+    f = LoraFactors(rng.normal(size=(7, r)) * 3, rng.normal(size=(r, 9)) * 0.1)
+    g = svd_basis(f)
+    np.testing.assert_allclose(g.product(), f.product(), atol=1e-5)
+    gram = g.A.astype(np.float64) @ g.A.T
+    np.testing.assert_allclose(gram, LORA_INIT_A_ROW_NORM**2 * np.eye(r), atol=1e-5)
+    assert np.all(np.diff(np.linalg.norm(g.B, axis=0)) <= 1e-5)  # σ_j descending
+    for k in range(1, r + 1):
+        best = ThinSVD.of(f.product()).factors(k, 1.0).product()
+        np.testing.assert_allclose(truncate(g, k).product(), best, atol=1e-4)
+
+
+def test_svd_basis_keeps_untrained_components_alive() -> None:
+    """Golden: B with one trained column. The balanced split zeroes component 2; the init-scale one keeps A_2."""
+    from trainer.lora_math import LORA_INIT_A_ROW_NORM, balanced_svd_basis, svd_basis
+
+    f = LoraFactors(np.array([[2.0, 0.0], [0.0, 0.0]]), np.array([[1.0, 0.0], [0.0, 1.0]]))
+    g = svd_basis(f)
+    np.testing.assert_allclose(np.abs(g.A), LORA_INIT_A_ROW_NORM * np.eye(2), atol=1e-7)
+    np.testing.assert_allclose(np.abs(g.B), [[2.0 / LORA_INIT_A_ROW_NORM, 0.0], [0.0, 0.0]], atol=1e-6)
+    dead = balanced_svd_basis(f)
+    assert np.allclose(dead.A[1], 0.0) and np.allclose(dead.B[:, 1], 0.0)

