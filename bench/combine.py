@@ -44,9 +44,15 @@ def combine(groups: dict[tuple[str, str], list[dict]], out: Path, prefix: str) -
     for (corpus, ranks), jobs in sorted(groups.items()):
         records = [r for job in jobs for r in job["records"]]
         if not any(r["strategy"] in HOMOGENEOUS for r in records):
+            mine = {r["seed"] for r in records}  # baselines only for the seeds this mix ran, so means compare
             for (c, _), others in groups.items():
                 if c == corpus:
-                    records += [r for job in others for r in job["records"] if r["strategy"] in HOMOGENEOUS]
+                    records += [
+                        r
+                        for job in others
+                        for r in job["records"]
+                        if r["strategy"] in HOMOGENEOUS and r["seed"] in mine
+                    ]
         seeds = sorted({r["seed"] for r in records})
         config = {**jobs[0]["config"], "strategies": sorted({r["strategy"] for r in records}), "seeds": seeds}
         result = {

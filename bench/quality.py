@@ -56,13 +56,15 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
     for r in records:
         by.setdefault(r["strategy"], {}).setdefault(r["seed"], []).append(r)
     out: dict[str, dict] = {}
+    per_seed: dict[str, dict[int, tuple[float, float]]] = {}  # strategy -> seed -> (final, last-5)
     for name, seeds in by.items():
         finals, last5, uploads = [], [], []
-        for recs in seeds.values():
+        for seed, recs in seeds.items():
             recs = sorted(recs, key=lambda x: x["round"])
             finals.append(recs[-1]["heldout_loss"])
             last5.append(float(np.mean([x["heldout_loss"] for x in recs[-5:]])))
             uploads.append(recs[-1]["cumulative_upload_floats"])
+            per_seed.setdefault(name, {})[seed] = (finals[-1], last5[-1])
         groups = {g: [device_group_loss(recs, g) for recs in seeds.values()] for g in ("strong", "weak")}
         out[name] = {
             "final_loss": float(np.mean(finals)),
@@ -76,11 +78,16 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
         for group, values in groups.items():
             if all(x is not None for x in values):
                 out[name][f"{group}_device_loss"] = float(np.mean([x for x in values if x is not None]))
-    lo, hi = out.get("homlora"), out.get("homlora-max")
-    if lo and hi and lo["last5_loss"] != hi["last5_loss"]:
-        for s in out.values():
-            s["gap_closed_final"] = (lo["final_loss"] - s["final_loss"]) / (lo["final_loss"] - hi["final_loss"])
-            s["gap_closed_last5"] = (lo["last5_loss"] - s["last5_loss"]) / (lo["last5_loss"] - hi["last5_loss"])
+    lo, hi = per_seed.get("homlora", {}), per_seed.get("homlora-max", {})
+    for name, mine in per_seed.items():
+        # Paired by seed: the baselines are averaged over exactly the seeds this strategy ran.
+        seeds = [x for x in mine if x in lo and x in hi]
+        if not seeds:
+            continue
+        for key, i in (("gap_closed_final", 0), ("gap_closed_last5", 1)):
+            low, high, it = (float(np.mean([d[x][i] for x in seeds])) for d in (lo, hi, mine))
+            if low != high:
+                out[name][key] = (low - it) / (low - high)
     return out
 
 

@@ -24,8 +24,9 @@ def table(path: Path) -> str:
         f"{cfg['rounds']} rounds × {cfg['local_steps']} steps of {cfg['batch_size']}×{cfg['seq_len']} tokens, "
         f"lr {cfg['lr']}, ranks {cfg['ranks']} in [{cfg['r_min']}, {cfg['r_max']}], seeds {cfg['seeds']}",
         "",
-        "| strategy | final loss | last-5 mean | gap closed (last-5) | strong devices | weak devices | upload (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | seeds | final loss (spread) | last-5 mean | gap closed (last-5) "
+        "| strong devices | weak devices | upload (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in data["summary"].items():
         gap = s.get("gap_closed_last5")
@@ -33,7 +34,8 @@ def table(path: Path) -> str:
         groups = [device_group_loss(recs, g) for g in ("strong", "weak")]
         strong, weak = ("-" if x is None else f"{x:.4f}" for x in groups)
         lines.append(
-            f"| {name} | {s['final_loss']:.4f} | {s['last5_loss']:.4f} | "
+            f"| {name} | {s.get('seeds', 1)} | {s['final_loss']:.4f} (±{s.get('final_loss_spread', 0.0) / 2:.4f}) "
+            f"| {s['last5_loss']:.4f} | "
             f"{'-' if gap is None else f'{100 * gap:.0f} %'} | {strong} | {weak} | {s['upload_bytes'] / 1e6:,.0f} |"
         )
     return "\n".join(lines)
