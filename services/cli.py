@@ -1,6 +1,7 @@
 """The ``hetlora`` command: one entry point with a subcommand per job.
 
-``hetlora simulate`` runs federated experiments in-process on the real code path of a round.
+``hetlora simulate`` runs federated experiments in-process on the real code path of a round; ``ca``, ``serve``,
+``admin`` and ``device`` run the deployment (services/cli_ops.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.cli_ops import add_ops_commands
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.scaling import SCALING_MODES, Scaling
 from trainer.strategies import strategy_names
@@ -139,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_simulate(sub)
+    add_ops_commands(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Generated gRPC code for the ``proto/`` sources: run ``make proto``, never edit by hand."""

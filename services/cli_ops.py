@@ -1,0 +1,157 @@
+"""Operator and device subcommands: ``hetlora ca``, ``hetlora serve``, ``hetlora admin``, ``hetlora device``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from services.pki import init_pki, new_key_and_csr, write_private
+
+T = TypeVar("T")
+
+
+def add_ops_commands(sub: argparse._SubParsersAction) -> None:
+    ca = sub.add_parser("ca", help="the deployment's certificate authority").add_subparsers(
+        dest="ca_cmd", required=True
+    )
+    init = ca.add_parser("init", help="create a CA plus the service and admin certificates in --dir")
+    init.add_argument("--dir", type=Path, required=True, help="PKI directory to create (keys are written 0600)")
+    init.add_argument("--hosts", default="localhost,127.0.0.1", help="names and IPs the services are reached at")
+    init.set_defaults(func=_ca_init)
+
+    serve = sub.add_parser("serve", help="run a service").add_subparsers(dest="service", required=True)
+    enr = serve.add_parser("enrollment", help="enrollment and rank assignment (signs device certificates)")
+    enr.add_argument("--pki", type=Path, required=True, help="directory from 'hetlora ca init' (needs ca.key)")
+    enr.add_argument("--db", type=Path, required=True, help="SQLite registry file (created if missing)")
+    enr.add_argument("--host", default="127.0.0.1")
+    enr.add_argument("--port", type=int, default=50051, help="TLS port devices enroll on (0 = any free port)")
+    enr.add_argument("--admin-port", type=int, default=50052, help="mTLS port for admin calls (0 = any free port)")
+    enr.add_argument("--r-min", type=int, default=2)
+    enr.add_argument("--r-max", type=int, default=32)
+    enr.set_defaults(func=_serve_enrollment)
+
+    admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
+    admin.add_argument("--pki", type=Path, required=True)
+    admin.add_argument("--target", default="127.0.0.1:50052", help="enrollment admin address")
+    acts = admin.add_subparsers(dest="admin_cmd", required=True)
+    tok = acts.add_parser("issue-token", help="invite a device: prints a one-time enrollment token")
+    tok.add_argument("device_id")
+    tok.add_argument("--ttl", type=int, default=0, help="seconds the token stays valid (0 = server default)")
+    tok.set_defaults(func=_admin_issue_token)
+    rev = acts.add_parser("revoke", help="refuse a device's certificate from now on")
+    rev.add_argument("device_id")
+    rev.set_defaults(func=_admin_revoke)
+    acts.add_parser("devices", help="list enrolled devices").set_defaults(func=_admin_devices)
+
+    dev = sub.add_parser("device", help="the device agent").add_subparsers(dest="device_cmd", required=True)
+    en = dev.add_parser("enroll", help="create a key, enroll with a token, store the certificate in --dir")
+    en.add_argument("--token", required=True)
+    en.add_argument("--target", default="127.0.0.1:50051", help="enrollment address")
+    en.add_argument("--ca", type=Path, required=True, help="the deployment's ca.crt, to verify the server")
+    en.add_argument("--memory-mb", type=float, required=True, help="memory free for training")
+    en.add_argument("--gflops", type=float, required=True, help="sustained fp32 throughput")
+    en.add_argument("--dir", type=Path, required=True, help="where the device keeps its key and certificate")
+    en.set_defaults(func=_device_enroll)
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    init_pki(args.dir, tuple(h.strip() for h in args.hosts.split(",") if h.strip()))
+    print(f"created CA, service and admin certificates in {args.dir}")
+    return 0
+
+
+def _serve_enrollment(args: argparse.Namespace) -> int:
+    from services.enrollment.handler import EnrollmentPolicy
+    from services.enrollment.server import start
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    running = start(args.pki, args.db, args.host, args.port, args.admin_port, EnrollmentPolicy(args.r_min, args.r_max))
+    print(f"READY enroll_port={running.enroll_port} admin_port={running.admin_port}", flush=True)
+    _wait_for_signal()
+    running.stop(grace=2.0)
+    return 0
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _admin_stub(args: argparse.Namespace) -> Any:
+    from services.api.hetlora.v1 import enrollment_pb2_grpc as rpc
+    from services.transport import TlsFiles, channel
+
+    tls = TlsFiles.load(args.pki, "admin")
+    return rpc.DeviceAdminServiceStub(channel(args.target, tls.ca_pem, tls.cert_pem, tls.key_pem))
+
+
+def _admin_issue_token(args: argparse.Namespace) -> int:
+    from services.api.hetlora.v1 import enrollment_pb2 as pb
+
+    reply = _rpc(
+        lambda: _admin_stub(args).IssueToken(
+            pb.IssueTokenRequest(device_id=args.device_id, ttl_seconds=args.ttl), timeout=30
+        )
+    )
+    expires = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(reply.expires_at))
+    print(reply.token)
+    print(f"one-time token for {args.device_id!r}, valid until {expires}", file=sys.stderr)
+    return 0
+
+
+def _admin_revoke(args: argparse.Namespace) -> int:
+    from services.api.hetlora.v1 import enrollment_pb2 as pb
+
+    _rpc(lambda: _admin_stub(args).RevokeDevice(pb.RevokeDeviceRequest(device_id=args.device_id), timeout=30))
+    print(f"revoked {args.device_id}")
+    return 0
+
+
+def _admin_devices(args: argparse.Namespace) -> int:
+    from services.api.hetlora.v1 import enrollment_pb2 as pb
+
+    reply = _rpc(lambda: _admin_stub(args).ListDevices(pb.ListDevicesRequest(), timeout=30))
+    print(f"{'device':<24}{'rank':>5}{'memory MB':>11}{'GFLOP/s':>9}  {'status':<8}certificate")
+    for d in reply.devices:
+        status = "revoked" if d.revoked else "active"
+        p = d.profile
+        print(f"{d.device_id:<24}{d.rank:>5}{p.memory_mb:>11.0f}{p.gflops:>9.0f}  {status:<8}{d.certificate_serial}")
+    return 0
+
+
+def _device_enroll(args: argparse.Namespace) -> int:
+    from services.api.hetlora.v1 import enrollment_pb2 as pb
+    from services.api.hetlora.v1 import enrollment_pb2_grpc as rpc
+    from services.transport import channel
+
+    key_pem, csr_pem = new_key_and_csr()
+    stub = rpc.EnrollmentServiceStub(channel(args.target, args.ca.read_bytes()))
+    profile = pb.DeviceProfile(memory_mb=args.memory_mb, gflops=args.gflops)
+    reply = _rpc(lambda: stub.Enroll(pb.EnrollRequest(token=args.token, csr_pem=csr_pem, profile=profile), timeout=30))
+    write_private(args.dir / "device.key", key_pem)
+    (args.dir / "device.crt").write_bytes(reply.certificate_pem)
+    (args.dir / "ca.crt").write_bytes(reply.ca_certificate_pem)
+    (args.dir / "enrollment.json").write_text(json.dumps({"device_id": reply.device_id, "rank": reply.rank}))
+    print(f"enrolled as {reply.device_id!r} at LoRA rank {reply.rank}; credentials in {args.dir}")
+    return 0
+
+
+def _rpc(call: Callable[[], T]) -> T:
+    """Run one call; a gRPC error becomes a one-line message and exit status 1, not a traceback."""
+    try:
+        return call()
+    except grpc.RpcError as e:
+        print(f"hetlora: {e.code().name}: {e.details()}", file=sys.stderr)
+        raise SystemExit(1) from None

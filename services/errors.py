@@ -1,0 +1,90 @@
+"""One catalog of the errors services put on the wire: a gRPC status and a message a person can act on.
+
+Handlers raise :class:`ServiceError` built by the functions below; servicers turn it into the status. Anything
+else is a bug: it is logged with a reference id and the caller sees only INTERNAL with that id, so internals
+never leak to the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+log = logging.getLogger("hetlora.services")
+
+
+class ServiceError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(field: str, why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {why}")
+
+
+def unauthenticated(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, why)
+
+
+def denied(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, why)
+
+
+def not_found(what: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, what)
+
+
+def precondition(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, why)
+
+
+def exhausted(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+
+
+# The fixed wording of errors that several services raise.
+TOKEN_UNKNOWN = "enrollment token not recognised: check it was copied whole, or ask the operator for a new one"
+TOKEN_EXPIRED = "enrollment token expired: ask the operator for a new one (hetlora admin issue-token)"
+TOKEN_USED = "enrollment token already used: each token enrolls once; ask the operator for a new one"
+NO_CERTIFICATE = "no client certificate: connect with mTLS using the certificate from enrollment"
+NOT_ADMIN = "this call needs an admin certificate (created by 'hetlora ca init')"
+
+
+def device_revoked(device_id: str) -> ServiceError:
+    return denied(f"device {device_id!r} is revoked; the operator must issue a new enrollment token")
+
+
+def stale_certificate(device_id: str) -> ServiceError:
+    return unauthenticated(f"certificate of {device_id!r} was replaced by a later enrollment; use the newest one")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_errors(method: F) -> F:
+    """Servicer decorator: ServiceError → its status; any other exception → INTERNAL with a log reference."""
+
+    @wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except ServiceError as e:
+            _abort(context, e.code, e.message)
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("unhandled error in %s (ref %s)", method.__name__, ref)
+            _abort(context, grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has details")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
