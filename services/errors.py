@@ -45,6 +45,19 @@ def precondition(why: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, why)
 
 
+def aborted(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.ABORTED, why)
+
+
+def not_yet(why: str) -> ServiceError:
+    """The awaited thing is not there yet: the caller should ask again (a long poll ran out)."""
+    return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, why)
+
+
+def already(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, why)
+
+
 def exhausted(why: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
 

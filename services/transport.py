@@ -6,7 +6,7 @@ PKI directory layout (``hetlora ca init``): ``ca.crt`` (+ ``ca.key``, needed onl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +38,12 @@ class TlsFiles:
         )
 
 
-def new_server(workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES) -> grpc.Server:
+def new_server(
+    workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES, max_send_bytes: int | None = None
+) -> grpc.Server:
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
     ]
     return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
 
@@ -85,31 +87,51 @@ def add_servicer(server: grpc.Server, service: ServiceDescriptor, servicer: obje
 
     The generated ``add_*_to_server`` lets gRPC parse requests and answer INTERNAL when bytes are not the
     message; here each method receives raw bytes and parses them itself, naming the expected message type.
-    Unary-unary methods only (streaming methods register through their generated helper).
+    Unary and client-streaming methods (the shapes this API uses).
     """
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
-        if method.client_streaming or method.server_streaming:
-            raise ValueError(f"{service.full_name}.{method.name} streams; register it with the generated helper")
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _parsing(getattr(servicer, method.name), request_type),
-            request_deserializer=None,
-            response_serializer=response_type.SerializeToString,
-        )
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            raise ValueError(f"{service.full_name}.{method.name} streams responses; not supported here")
+        if method.client_streaming:
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
+                _parsing_stream(behaviour, request_type),
+                request_deserializer=None,
+                response_serializer=response_type.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing(behaviour, request_type),
+                request_deserializer=None,
+                response_serializer=response_type.SerializeToString,
+            )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _parse(body: bytes, request_type: type[Message], context: grpc.ServicerContext) -> Message:
+    try:
+        return request_type.FromString(body)
+    except DecodeError:
+        context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"request body is not a valid {request_type.DESCRIPTOR.full_name} message"
+        )
+        raise
 
 
 def _parsing(method: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]) -> Callable[..., Any]:
     def handle(body: bytes, context: grpc.ServicerContext) -> Any:
-        try:
-            request = request_type.FromString(body)
-        except DecodeError:
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request body is not a valid {request_type.DESCRIPTOR.full_name} message",
-            )
-        return method(request, context)
+        return method(_parse(body, request_type, context), context)
+
+    return handle
+
+
+def _parsing_stream(
+    method: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]
+) -> Callable[..., Any]:
+    def handle(bodies: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+        return method((_parse(b, request_type, context) for b in bodies), context)
 
     return handle

@@ -1,0 +1,101 @@
+"""Transport-free aggregator logic: open rounds for the orchestrator, map device identities to round ids.
+
+Only a ``service`` certificate (the orchestrator) may open rounds and read results; a device may act only as
+the client id the orchestrator assigned to its certificate's name in that round.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from secure_agg import AggregateResult, ConfigError, MalformedMessageError, RoundConfig, Stage
+from services import errors
+from services.aggregator.stage_round import StageRound
+from services.pki import Identity
+
+MAX_STAGE_TIMEOUT_S = 3600.0
+MAX_WAIT_S = 60.0
+MAX_OPEN_ROUNDS = 64
+
+
+@dataclass(frozen=True)
+class Member:
+    device_id: str
+    client_id: int
+    signing_public_key: bytes
+
+
+class AggregatorHandler:
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._rounds: dict[int, tuple[StageRound, dict[str, int]]] = {}
+        self._lock = threading.Lock()
+
+    def open_round(
+        self, caller: Identity, round_id: int, config_bytes: bytes, members: list[Member], timeout_s: float
+    ) -> None:
+        _require_service(caller)
+        try:
+            config = RoundConfig.from_bytes(config_bytes)
+        except (MalformedMessageError, ConfigError, ValueError) as e:
+            raise errors.invalid("round_config", f"not a secure_agg round config ({e})") from None
+        if config.round_id != round_id:
+            raise errors.invalid("round_id", f"{round_id} differs from the config's round id {config.round_id}")
+        if not 0 < timeout_s <= MAX_STAGE_TIMEOUT_S:
+            raise errors.invalid("stage_timeout_ms", f"must be in (0, {MAX_STAGE_TIMEOUT_S:g}] seconds")
+        by_client = {m.client_id: m for m in members}
+        if sorted(by_client) != list(config.clients) or len({m.device_id for m in members}) != len(members):
+            raise errors.invalid("members", "need exactly one member per client id in the config, distinct devices")
+        if any(len(m.signing_public_key) != 32 for m in members):
+            raise errors.invalid("members.signing_public_key", "must be a raw 32-byte Ed25519 public key")
+        with self._lock:
+            if round_id in self._rounds:
+                raise errors.already(f"round {round_id} was already opened; round ids are never reused")
+            live = sum(not r.finished for r, _ in self._rounds.values())
+            if live >= MAX_OPEN_ROUNDS:
+                raise errors.exhausted(f"{live} rounds are still running; finish or abort some first")
+            keys = {m.client_id: m.signing_public_key for m in members}
+            self._rounds[round_id] = (StageRound(config, keys, timeout_s), {m.device_id: m.client_id for m in members})
+
+    def result(self, caller: Identity, round_id: int, wait_s: float) -> AggregateResult:
+        _require_service(caller)
+        run, _ = self._round(round_id)
+        run.wait(min(wait_s, MAX_WAIT_S))
+        if run.abort_reason is not None:
+            raise errors.aborted(f"round {round_id} aborted: {run.abort_reason}")
+        if run.result is None:
+            raise errors.precondition(f"round {round_id} is still running; ask again")
+        return run.result
+
+    def await_stage(
+        self, caller: Identity, round_id: int, stage: Stage, wait_s: float
+    ) -> tuple[bytes, int, dict[int, bytes]]:
+        run, client = self._member(caller, round_id)
+        payload = run.message_for(client, stage, min(wait_s, MAX_WAIT_S))
+        keys = run.signing_keys if stage == Stage.ADVERTISE_KEYS else {}
+        return payload, client, keys
+
+    def submit(self, caller: Identity, round_id: int, stage: Stage, payload: bytes) -> None:
+        run, client = self._member(caller, round_id)
+        run.submit(client, stage, payload)
+
+    def _round(self, round_id: int) -> tuple[StageRound, dict[str, int]]:
+        with self._lock:
+            found = self._rounds.get(round_id)
+        if found is None:
+            raise errors.not_found(f"no secure aggregation round {round_id} here")
+        return found
+
+    def _member(self, caller: Identity, round_id: int) -> tuple[StageRound, int]:
+        if caller.role != "device":
+            raise errors.denied("stage calls are for enrolled devices (client certificates from enrollment)")
+        run, members = self._round(round_id)
+        if caller.common_name not in members:
+            raise errors.denied(f"device {caller.common_name!r} is not in round {round_id}'s cohort")
+        return run, members[caller.common_name]
+
+
+def _require_service(caller: Identity) -> None:
+    if caller.role != "service":
+        raise errors.denied("only the orchestrator (a service certificate) may open rounds and read sums")

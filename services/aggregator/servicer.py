@@ -1,0 +1,98 @@
+"""gRPC face of the aggregator: identities from the mTLS peer, chunked uploads reassembled under a cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+
+from secure_agg import Stage
+from services import errors
+from services.aggregator.handler import AggregatorHandler, Member
+from services.api.hetlora.v1 import aggregator_pb2 as pb
+from services.api.hetlora.v1 import aggregator_pb2_grpc as rpc
+from services.auth import peer_identity
+from services.errors import grpc_errors
+
+STAGE_FROM_WIRE: dict[pb.Stage.ValueType, Stage] = {
+    pb.STAGE_ADVERTISE_KEYS: Stage.ADVERTISE_KEYS,
+    pb.STAGE_SHARE_KEYS: Stage.SHARE_KEYS,
+    pb.STAGE_MASKED_INPUT: Stage.MASKED_INPUT,
+    pb.STAGE_CONSISTENCY_CHECK: Stage.CONSISTENCY_CHECK,
+    pb.STAGE_UNMASK: Stage.UNMASK,
+}
+STAGE_TO_WIRE = {v: k for k, v in STAGE_FROM_WIRE.items()}
+
+
+def _stage(value: pb.Stage.ValueType) -> Stage:
+    if value not in STAGE_FROM_WIRE:
+        raise errors.invalid("stage", f"unknown stage {value}; use one of STAGE_ADVERTISE_KEYS .. STAGE_UNMASK")
+    return STAGE_FROM_WIRE[value]
+
+
+class AggregatorServicer(rpc.AggregatorServiceServicer):
+    def __init__(self, handler: AggregatorHandler) -> None:
+        self.handler = handler
+
+    @grpc_errors
+    def OpenRound(self, request: pb.OpenRoundRequest, context: grpc.ServicerContext) -> pb.OpenRoundResponse:
+        members = [Member(m.device_id, m.client_id, m.signing_public_key) for m in request.members]
+        self.handler.open_round(
+            peer_identity(context), request.round_id, request.round_config, members, request.stage_timeout_ms / 1000
+        )
+        return pb.OpenRoundResponse()
+
+    @grpc_errors
+    def GetRoundResult(
+        self, request: pb.GetRoundResultRequest, context: grpc.ServicerContext
+    ) -> pb.GetRoundResultResponse:
+        result = self.handler.result(peer_identity(context), request.round_id, request.wait_ms / 1000)
+        return pb.GetRoundResultResponse(
+            survivors=result.survivors,
+            dropped=result.dropped,
+            buckets=[
+                pb.BucketResult(
+                    index=o.index,
+                    cohort=o.cohort,
+                    status=str(o.status),
+                    merged_into=o.merged_into,
+                    ring_sum=np.asarray(result.ring_sums[o.index], dtype="<u4").tobytes()
+                    if o.index in result.ring_sums
+                    else b"",
+                )
+                for o in result.outcomes
+            ],
+        )
+
+    @grpc_errors
+    def AwaitStage(self, request: pb.AwaitStageRequest, context: grpc.ServicerContext) -> pb.AwaitStageResponse:
+        payload, client, keys = self.handler.await_stage(
+            peer_identity(context), request.round_id, _stage(request.stage), request.wait_ms / 1000
+        )
+        return pb.AwaitStageResponse(
+            payload=payload,
+            client_id=client,
+            signing_keys=[pb.SigningKey(client_id=c, public_key=k) for c, k in sorted(keys.items())],
+        )
+
+    @grpc_errors
+    def SubmitStage(
+        self, request: Iterator[pb.SubmitStageRequest], context: grpc.ServicerContext
+    ) -> pb.SubmitStageResponse:
+        caller = peer_identity(context)
+        parts: list[bytes] = []
+        size, key = 0, None
+        for chunk in request:
+            if key is None:
+                key = (chunk.round_id, chunk.stage)
+            elif key != (chunk.round_id, chunk.stage):
+                raise errors.invalid("round_id/stage", "every chunk of one upload must name the same round and stage")
+            size += len(chunk.chunk)
+            if size > self.handler.max_message_bytes:
+                raise errors.exhausted(f"upload exceeds {self.handler.max_message_bytes} bytes")
+            parts.append(chunk.chunk)
+        if key is None:
+            raise errors.invalid("chunk", "empty upload: send at least one chunk")
+        self.handler.submit(caller, key[0], _stage(key[1]), b"".join(parts))
+        return pb.SubmitStageResponse(received_bytes=size)

@@ -1,0 +1,175 @@
+"""One SecAgg+ round driven in real time: stages open, collect device messages, and close on a deadline.
+
+``secure_agg.SecAggServer`` is a pure state machine; this class adds what a network needs: a condition
+variable devices wait on for each stage's server message, a driver thread that closes a stage once every
+expected device answered or its deadline passed (the missing ones are dropouts), and the checks that tie a
+protocol message to the authenticated device that sent it. Transport-free: the servicer maps its errors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from secure_agg import (
+    AbortedError,
+    AdvertiseKeys,
+    AggregateResult,
+    ConsistencySignature,
+    Ed25519Directory,
+    MaskedInput,
+    RoundConfig,
+    SecAggError,
+    SecAggServer,
+    ShareKeys,
+    Stage,
+    UnmaskResponse,
+)
+from secure_agg.errors import MalformedMessageError
+from services import errors
+
+STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK)
+_PARSERS: dict[Stage, Callable[[bytes], Any]] = {
+    Stage.ADVERTISE_KEYS: AdvertiseKeys.from_bytes,
+    Stage.SHARE_KEYS: ShareKeys.from_bytes,
+    Stage.MASKED_INPUT: MaskedInput.from_bytes,
+    Stage.CONSISTENCY_CHECK: ConsistencySignature.from_bytes,
+    Stage.UNMASK: UnmaskResponse.from_bytes,
+}
+
+
+class StageRound:
+    def __init__(
+        self,
+        config: RoundConfig,
+        signing_keys: Mapping[int, bytes],
+        stage_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.signing_keys = dict(signing_keys)
+        self._server = SecAggServer.start(config, Ed25519Directory(self.signing_keys))
+        self._timeout = stage_timeout_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._stage = 0  # index into STAGES; len(STAGES) once finished
+        self._outgoing: dict[Stage, bytes | dict[int, bytes]] = {Stage.ADVERTISE_KEYS: config.to_bytes()}
+        self._expected: dict[Stage, frozenset[int]] = {Stage.ADVERTISE_KEYS: frozenset(config.clients)}
+        self._arrived: set[int] = set()
+        self._deadline = clock() + stage_timeout_s
+        self.result: AggregateResult | None = None
+        self.abort_reason: str | None = None
+        self._driver = threading.Thread(target=self._drive, name=f"secagg-round-{config.round_id}", daemon=True)
+        self._driver.start()
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.abort_reason is not None
+
+    def message_for(self, client: int, stage: Stage, wait_s: float) -> bytes:
+        """The server message that opens ``stage`` for ``client``, waiting up to ``wait_s`` for it."""
+        index = STAGES.index(stage)
+        with self._cond:
+            self._cond.wait_for(lambda: self._stage >= index or self.finished, timeout=wait_s)
+            if self.abort_reason is not None:
+                raise errors.aborted(f"secure aggregation round aborted: {self.abort_reason}")
+            if stage not in self._outgoing:
+                raise errors.not_yet(f"{stage} has not opened yet; ask again")
+            if client not in self._expected[stage]:
+                raise errors.precondition(f"client {client} was dropped before {stage} (it missed a deadline)")
+            message = self._outgoing[stage]
+            return message[client] if isinstance(message, dict) else message
+
+    def submit(self, client: int, stage: Stage, payload: bytes) -> None:
+        """Hand ``client``'s message for the open stage to the state machine."""
+        with self._cond:
+            if self.finished:
+                raise errors.aborted(f"round already {'completed' if self.result else 'aborted'}")
+            current = STAGES[self._stage]
+            if stage != current:
+                raise errors.precondition(f"stage {stage} is not open (the round is at {current})")
+            if client not in self._expected[stage]:
+                raise errors.precondition(f"client {client} is not expected in {stage} (dropped earlier)")
+            if client in self._arrived:
+                raise errors.already(f"{stage} already received from client {client} (replayed message)")
+            try:
+                message = _PARSERS[stage](payload)
+            except (MalformedMessageError, ValueError) as e:
+                raise errors.invalid("chunk", f"not a {stage} message ({e})") from None
+            if message.client_id != client:
+                raise errors.denied(f"message claims client {message.client_id}, but the caller is client {client}")
+            try:
+                _receive(self._server, stage, message)
+            except SecAggError as e:
+                raise errors.denied(f"{stage} message refused: {e}") from None
+            self._arrived.add(client)
+            if self._arrived >= self._expected[stage]:
+                self._cond.notify_all()
+
+    def abort(self, reason: str) -> None:
+        with self._cond:
+            if not self.finished:
+                self._server.abort(reason)
+                self.abort_reason = reason
+                self._cond.notify_all()
+
+    def wait(self, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.finished, timeout=timeout_s)
+
+    def _drive(self) -> None:
+        for index, stage in enumerate(STAGES):
+            with self._cond:
+                while not (self.finished or self._arrived >= self._expected[stage]):
+                    left = self._deadline - self._clock()
+                    if left <= 0:
+                        break  # the stage closes without the devices that did not answer in time
+                    self._cond.wait(timeout=left)
+                if self.finished:
+                    return
+                try:
+                    self._close(index, stage)
+                except AbortedError as e:
+                    self.abort_reason = str(e) or "aborted"
+                finally:
+                    self._cond.notify_all()
+                if self.finished:
+                    return
+
+    def _close(self, index: int, stage: Stage) -> None:
+        server = self._server
+        if stage == Stage.UNMASK:
+            self.result = server.finalize()
+            self._stage = len(STAGES)
+            return
+        nxt = STAGES[index + 1]
+        if stage == Stage.ADVERTISE_KEYS:
+            self._outgoing[nxt] = server.close_advertise_keys().to_bytes()
+            expected = set(server.state.adverts)
+        elif stage == Stage.SHARE_KEYS:
+            relays = server.close_share_keys()
+            self._outgoing[nxt] = {c: m.to_bytes() for c, m in relays.items()}
+            expected = set(relays)
+        elif stage == Stage.MASKED_INPUT:
+            self._outgoing[nxt] = server.close_masked_input().to_bytes()
+            expected = set(server.state.survivors)
+        else:
+            self._outgoing[nxt] = server.close_consistency_check().to_bytes()
+            expected = set(server.state.signers)
+        self._expected[nxt] = frozenset(expected)
+        self._arrived = set()
+        self._deadline = self._clock() + self._timeout
+        self._stage = index + 1
+
+
+def _receive(server: SecAggServer, stage: Stage, message: Any) -> None:
+    receivers: dict[Stage, Callable[[Any], None]] = {
+        Stage.ADVERTISE_KEYS: server.receive_advertisement,
+        Stage.SHARE_KEYS: server.receive_shares,
+        Stage.MASKED_INPUT: server.receive_masked_input,
+        Stage.CONSISTENCY_CHECK: server.receive_consistency,
+        Stage.UNMASK: server.receive_unmask,
+    }
+    receivers[stage](message)

@@ -1,0 +1,1 @@
+"""The device agent: enroll, then take part in rounds (train, mask, upload, unmask)."""

@@ -1,0 +1,150 @@
+"""Secure aggregation over real gRPC with mTLS: devices mask, the aggregator only ever unmasks bucket sums."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from secure_agg import (
+    BucketLayout,
+    BucketStatus,
+    Ed25519Signer,
+    FixedPointCodec,
+    RoundConfig,
+    SecAggRequirements,
+    Stage,
+)
+from services.aggregator.client import open_round, round_sums
+from services.aggregator.servicer import STAGE_TO_WIRE
+from services.aggregator.server import RunningAggregator, start
+from services.api.hetlora.v1 import aggregator_pb2 as pb
+from services.api.hetlora.v1 import aggregator_pb2_grpc as rpc
+from services.device.secure_upload import LeftRoundError, secure_upload
+from services.pki import CertificateAuthority
+from services.transport import TlsFiles, channel
+
+pytestmark = pytest.mark.timeout(120)
+EDGES = (0, 2, 4, 8)
+LAYOUT = BucketLayout.for_rank_edges(EDGES, component_size=6)
+CODEC = FixedPointCodec(value_bound=4.0, weight_bound=1.0, max_clients=16)
+RANKS = (2, 8, 4, 8, 2, 4)
+
+
+@pytest.fixture
+def aggregator(pki: Path) -> Iterator[RunningAggregator]:
+    running = start(pki, "127.0.0.1", 0)
+    yield running
+    running.stop(None)
+
+
+def stub_for(pki: Path, port: int, name: str, role: str) -> rpc.AggregatorServiceStub:
+    if role == "service":
+        tls = TlsFiles.load(pki, "service")
+        cert, key = tls.cert_pem, tls.key_pem
+    else:
+        cert, key = CertificateAuthority.load(pki).issue(name, role)
+    return rpc.AggregatorServiceStub(channel(f"127.0.0.1:{port}", (pki / "ca.crt").read_bytes(), cert, key))
+
+
+def run_round(pki: Path, aggregator: RunningAggregator, round_id: int, stop_before: dict[int, Stage], timeout_s: float):
+    rng = np.random.default_rng(round_id)
+    values = {c: rng.uniform(-1, 1, LAYOUT.dim).astype(np.float32) for c in range(len(RANKS))}
+    weights = {c: float(rng.uniform(0.2, 1.0)) for c in values}
+    levels = {c: EDGES.index(r) for c, r in enumerate(RANKS)}
+    config = RoundConfig.create(round_id, list(values), LAYOUT, levels, SecAggRequirements(0.05, 0.34))
+    signers = {c: Ed25519Signer.generate() for c in values}
+    orchestrator = stub_for(pki, aggregator.port, "service", "service")
+    open_round(orchestrator, config, {c: (f"dev-{c}", s.public_bytes) for c, s in signers.items()}, timeout_s)
+    outcome: dict[int, object] = {}
+
+    def device(c: int) -> None:
+        stub = stub_for(pki, aggregator.port, f"dev-{c}", "device")
+        try:
+            outcome[c] = secure_upload(stub, round_id, signers[c], values[c], weights[c], CODEC, 60, stop_before.get(c))
+        except LeftRoundError as e:
+            outcome[c] = e
+
+    threads = [threading.Thread(target=device, args=(c,)) for c in values]
+    for t in threads:
+        t.start()
+    sums, survivors = round_sums(orchestrator, config, CODEC, deadline_s=60)
+    for t in threads:
+        t.join(timeout=60)
+    return values, weights, levels, sums, survivors, outcome
+
+
+def expected_sum(values, weights, levels, clients, j):
+    inside = [c for c in clients if levels[c] > j]
+    sl = LAYOUT.input_slice(j)
+    return sum(weights[c] * np.clip(values[c][sl], -4, 4) for c in inside), sum(weights[c] for c in inside)
+
+
+def test_round_over_grpc_returns_each_bucket_sum_over_the_devices_that_trained_it(pki: Path, aggregator) -> None:
+    values, weights, levels, sums, survivors, outcome = run_round(pki, aggregator, 1, {}, timeout_s=30)
+    assert survivors == tuple(range(len(RANKS)))
+    assert all(isinstance(v, int) and v > 0 for v in outcome.values()), outcome
+    for j, bucket in enumerate(sums):
+        want, want_w = expected_sum(values, weights, levels, survivors, j)
+        assert bucket.outcome.status == BucketStatus.UNMASKED
+        np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
+        assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)
+
+
+def test_devices_that_vanish_mid_round_are_left_out_and_the_round_still_completes(pki: Path, aggregator) -> None:
+    drop = {1: Stage.MASKED_INPUT, 4: Stage.UNMASK}  # one never uploads, one uploads but never unmasks
+    values, weights, levels, sums, survivors, outcome = run_round(pki, aggregator, 2, drop, timeout_s=2)
+    assert 1 not in survivors and 4 in survivors
+    assert isinstance(outcome[1], LeftRoundError) and isinstance(outcome[4], LeftRoundError)
+    for j, bucket in enumerate(sums):
+        if bucket.weighted_sum is None:
+            continue
+        want, want_w = expected_sum(values, weights, levels, survivors, j)
+        np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
+        assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_roles_membership_and_replays_are_enforced(pki: Path, aggregator) -> None:
+    config = RoundConfig.create(9, [0, 1, 2], LAYOUT, None, SecAggRequirements(0.05, 0.1))
+    signers = {c: Ed25519Signer.generate() for c in range(3)}
+    members = {c: (f"m-{c}", s.public_bytes) for c, s in signers.items()}
+    device = stub_for(pki, aggregator.port, "m-0", "device")
+    assert code_of(lambda: open_round(device, config, members, 5)) == grpc.StatusCode.PERMISSION_DENIED
+    orchestrator = stub_for(pki, aggregator.port, "service", "service")
+    open_round(orchestrator, config, members, 5)
+    assert code_of(lambda: open_round(orchestrator, config, members, 5)) == grpc.StatusCode.ALREADY_EXISTS
+    stranger = stub_for(pki, aggregator.port, "stranger", "device")
+    ask = pb.AwaitStageRequest(round_id=9, stage=STAGE_TO_WIRE[Stage.ADVERTISE_KEYS], wait_ms=100)
+    assert code_of(lambda: stranger.AwaitStage(ask, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    start = device.AwaitStage(ask, timeout=10)
+    assert start.client_id == 0 and len(start.signing_keys) == 3
+    # m-0 submits an advertisement signed and labelled as client 1: refused, it is not who the certificate says.
+    from secure_agg import Ed25519Directory, SecAggClient
+
+    verifier = Ed25519Directory({c: s.public_bytes for c, s in signers.items()})
+    impostor = SecAggClient.start(1, config, signers[1], verifier).advertise_keys().to_bytes()
+    wire = STAGE_TO_WIRE[Stage.ADVERTISE_KEYS]
+    upload = lambda payload: device.SubmitStage(
+        iter([pb.SubmitStageRequest(round_id=9, stage=wire, chunk=payload)]), timeout=10
+    )  # noqa: E731
+    assert code_of(lambda: upload(impostor)) == grpc.StatusCode.PERMISSION_DENIED
+    honest = SecAggClient.start(0, config, signers[0], verifier).advertise_keys().to_bytes()
+    upload(honest)
+    assert code_of(lambda: upload(honest)) == grpc.StatusCode.ALREADY_EXISTS  # replay
+    assert code_of(lambda: upload(b"\x00garbage")) in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.INVALID_ARGUMENT)
+    later = pb.AwaitStageRequest(round_id=9, stage=STAGE_TO_WIRE[Stage.SHARE_KEYS], wait_ms=50)
+    assert code_of(lambda: device.AwaitStage(later, timeout=10)) == grpc.StatusCode.DEADLINE_EXCEEDED  # not open yet
+    result = pb.GetRoundResultRequest(round_id=9, wait_ms=10)
+    assert code_of(lambda: device.GetRoundResult(result, timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    missing = pb.GetRoundResultRequest(round_id=404, wait_ms=10)
+    assert code_of(lambda: orchestrator.GetRoundResult(missing, timeout=10)) == grpc.StatusCode.NOT_FOUND
