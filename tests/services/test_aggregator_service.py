@@ -13,15 +13,17 @@ import pytest
 from secure_agg import (
     BucketLayout,
     BucketStatus,
+    Ed25519Directory,
     Ed25519Signer,
     FixedPointCodec,
     RoundConfig,
+    SecAggClient,
     SecAggRequirements,
     Stage,
 )
 from services.aggregator.client import open_round, round_sums
-from services.aggregator.servicer import STAGE_TO_WIRE
 from services.aggregator.server import RunningAggregator, start
+from services.aggregator.servicer import STAGE_TO_WIRE
 from services.api.hetlora.v1 import aggregator_pb2 as pb
 from services.api.hetlora.v1 import aggregator_pb2_grpc as rpc
 from services.device.secure_upload import LeftRoundError, secure_upload
@@ -129,14 +131,14 @@ def test_roles_membership_and_replays_are_enforced(pki: Path, aggregator) -> Non
     start = device.AwaitStage(ask, timeout=10)
     assert start.client_id == 0 and len(start.signing_keys) == 3
     # m-0 submits an advertisement signed and labelled as client 1: refused, it is not who the certificate says.
-    from secure_agg import Ed25519Directory, SecAggClient
-
     verifier = Ed25519Directory({c: s.public_bytes for c, s in signers.items()})
     impostor = SecAggClient.start(1, config, signers[1], verifier).advertise_keys().to_bytes()
     wire = STAGE_TO_WIRE[Stage.ADVERTISE_KEYS]
-    upload = lambda payload: device.SubmitStage(
-        iter([pb.SubmitStageRequest(round_id=9, stage=wire, chunk=payload)]), timeout=10
-    )  # noqa: E731
+
+    def upload(payload: bytes) -> pb.SubmitStageResponse:
+        chunks = iter([pb.SubmitStageRequest(round_id=9, stage=wire, chunk=payload)])
+        return device.SubmitStage(chunks, timeout=10)
+
     assert code_of(lambda: upload(impostor)) == grpc.StatusCode.PERMISSION_DENIED
     honest = SecAggClient.start(0, config, signers[0], verifier).advertise_keys().to_bytes()
     upload(honest)
