@@ -40,6 +40,13 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     enr.add_argument("--r-max", type=int, default=32)
     enr.set_defaults(func=_serve_enrollment)
 
+    agg = serve.add_parser("aggregator", help="secure aggregation (SecAgg+ over rank buckets)")
+    agg.add_argument("--pki", type=Path, help="directory from 'hetlora ca init' (service certificate)")
+    agg.add_argument("--insecure", action="store_true", help="plaintext, for debugging only: every call is refused")
+    agg.add_argument("--host", default="127.0.0.1")
+    agg.add_argument("--port", type=int, default=50053, help="mTLS port (0 = any free port)")
+    agg.set_defaults(func=_serve_aggregator)
+
     admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
     admin.add_argument("--pki", type=Path, required=True)
     admin.add_argument("--target", default="127.0.0.1:50052", help="enrollment admin address")
@@ -77,6 +84,19 @@ def _serve_enrollment(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     running = start(args.pki, args.db, args.host, args.port, args.admin_port, EnrollmentPolicy(args.r_min, args.r_max))
     print(f"READY enroll_port={running.enroll_port} admin_port={running.admin_port}", flush=True)
+    _wait_for_signal()
+    running.stop(grace=2.0)
+    return 0
+
+
+def _serve_aggregator(args: argparse.Namespace) -> int:
+    from services.aggregator.server import start
+
+    if (args.pki is None) == (not args.insecure):
+        raise ValueError("give --pki DIR for mTLS, or --insecure to serve plaintext (debugging only)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    running = start(None if args.insecure else args.pki, args.host, args.port)
+    print(f"READY port={running.port}", flush=True)
     _wait_for_signal()
     running.stop(grace=2.0)
     return 0

@@ -54,6 +54,10 @@ def not_yet(why: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, why)
 
 
+def unavailable(why: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, why)
+
+
 def already(why: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.ALREADY_EXISTS, why)
 

@@ -87,16 +87,22 @@ def add_servicer(server: grpc.Server, service: ServiceDescriptor, servicer: obje
 
     The generated ``add_*_to_server`` lets gRPC parse requests and answer INTERNAL when bytes are not the
     message; here each method receives raw bytes and parses them itself, naming the expected message type.
-    Unary and client-streaming methods (the shapes this API uses).
+    Unary, client-streaming and server-streaming methods (the shapes this API uses).
     """
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         behaviour = getattr(servicer, method.name)
+        if method.server_streaming and method.client_streaming:
+            raise ValueError(f"{service.full_name}.{method.name} streams both ways; not supported here")
         if method.server_streaming:
-            raise ValueError(f"{service.full_name}.{method.name} streams responses; not supported here")
-        if method.client_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _parsing(behaviour, request_type),
+                request_deserializer=None,
+                response_serializer=response_type.SerializeToString,
+            )
+        elif method.client_streaming:
             handlers[method.name] = grpc.stream_unary_rpc_method_handler(
                 _parsing_stream(behaviour, request_type),
                 request_deserializer=None,

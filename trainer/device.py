@@ -34,13 +34,14 @@ class Report:
     client_id: str
     rank_before: int
     rank: int
-    contribution: Contribution
+    contribution: Contribution | None  # None on the server under secure aggregation: only the sums exist there
     train_loss: float
     num_examples: int
+    declared_upload_floats: int = 0
 
     @property
     def upload_floats(self) -> int:
-        return self.contribution.upload_floats()
+        return self.contribution.upload_floats() if self.contribution else self.declared_upload_floats
 
 
 def run_task(strategy: Strategy, model: torch.nn.Module, data: ClientDataset, task: Task, train: TrainConfig) -> Report:

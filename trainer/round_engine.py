@@ -58,7 +58,7 @@ class RoundEngine:
         per_round: int,
         seed: int,
     ) -> None:
-        if not 1 <= per_round <= len(device_ranks):
+        if per_round < 1 or (device_ranks and per_round > len(device_ranks)):
             raise ValueError(f"per_round must be in [1, {len(device_ranks)}], got {per_round}")
         self.strategy = strategy
         self.store = store
@@ -66,11 +66,17 @@ class RoundEngine:
         self.per_round = per_round
         self.seed = seed
 
-    def plan(self, round_index: int) -> RoundPlan:
-        """A seeded sample of the enrolled devices; the same seed gives every strategy the same cohorts."""
-        ids = sorted(self.device_ranks)
+    def plan(self, round_index: int, available: Sequence[str] | None = None, size: int | None = None) -> RoundPlan:
+        """A seeded sample of the devices; the same seed gives every strategy the same cohorts.
+
+        The services pass the devices checked in right now (``available``) and an over-selected ``size``.
+        """
+        ids = sorted(self.device_ranks if available is None else available)
+        k = min(size or self.per_round, len(ids))
+        if k < 1 or any(i not in self.device_ranks for i in ids):
+            raise ValueError("a cohort needs at least one device, and every device needs a rank")
         rng = np.random.default_rng(derive_seed(self.seed, "cohort", round_index))
-        cohort = tuple(ids[i] for i in sorted(rng.choice(len(ids), self.per_round, replace=False)))
+        cohort = tuple(ids[i] for i in sorted(rng.choice(len(ids), k, replace=False)))
         version, _ = self.store.latest()
         ranks = {c: self.strategy.client_rank(self.device_ranks[c]) for c in cohort}
         return RoundPlan(round_index, version, cohort, ranks)
@@ -113,7 +119,10 @@ class RoundEngine:
             version, _ = self.store.latest()
             return RoundOutcome(plan.round, version, False, (), tuple(dropped), {}, {}, 0, loss)
         if sums is None:
-            sums = sum_contributions([r.contribution for r in reports], self.strategy.global_rank)
+            clear = [r.contribution for r in reports if r.contribution is not None]
+            if len(clear) != len(reports):
+                raise ValueError("reports without contributions (secure aggregation) need the securely computed sums")
+            sums = sum_contributions(clear, self.strategy.global_rank)
         _, current = self.store.latest()
         new = self.strategy.aggregate(current, sums)
         record = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -33,6 +34,14 @@ CHUNK_BYTES = 1 << 20
 POLL_MS = 5000
 
 
+@dataclass(frozen=True)
+class WireBytes:
+    """Protocol message bytes a device sent and received in one round (gRPC framing excluded)."""
+
+    up: int
+    down: int
+
+
 class LeftRoundError(Exception):
     """The device is no longer part of the round (dropped at a deadline, or the round aborted)."""
 
@@ -47,10 +56,11 @@ def secure_upload(
     deadline_s: float,
     stop_before: Stage | None = None,
     rng: np.random.Generator | None = None,
-) -> int:
-    """Run every stage for this device's ``values``; returns bytes uploaded. ``stop_before`` simulates a crash."""
+) -> WireBytes:
+    """Run every stage for this device's ``values``; returns protocol bytes each way. ``stop_before`` simulates a
+    crash."""
     end = time.monotonic() + deadline_s
-    sent = 0
+    sent = received = 0
 
     def await_stage(stage: Stage) -> pb.AwaitStageResponse:
         while True:
@@ -60,7 +70,10 @@ def secure_upload(
             wait_ms = int(min(POLL_MS, left * 1000))
             try:
                 request = pb.AwaitStageRequest(round_id=round_id, stage=STAGE_TO_WIRE[stage], wait_ms=wait_ms)
-                return stub.AwaitStage(request, timeout=wait_ms / 1000 + 10)
+                reply: pb.AwaitStageResponse = stub.AwaitStage(request, timeout=wait_ms / 1000 + 10)
+                nonlocal received
+                received += reply.ByteSize()
+                return reply
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     continue
@@ -90,7 +103,7 @@ def secure_upload(
     submit(Stage.CONSISTENCY_CHECK, client.consistency_check(check).to_bytes())
     unmask = UnmaskRequest.from_bytes(await_stage(Stage.UNMASK).payload)
     submit(Stage.UNMASK, client.unmask(unmask).to_bytes())
-    return sent
+    return WireBytes(sent, received)
 
 
 def _chunks(round_id: int, stage: Stage, payload: bytes) -> Iterator[pb.SubmitStageRequest]:

@@ -1,0 +1,133 @@
+"""The device agent's round: fetch the task, train with self-pruning, mask and upload, report metadata.
+
+Training is ``trainer.device.run_task``, the same function the in-process simulation calls; the update then
+leaves the device only as a masked SecAgg+ input (``secure_upload``), and the orchestrator hears only the
+rank after pruning, the training loss and the example count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from secure_agg import Ed25519Signer, FixedPointCodec
+from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
+from services.api.hetlora.v1 import orchestrator_pb2 as pb
+from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
+from services.device.secure_upload import LeftRoundError, WireBytes, secure_upload
+from services.orchestrator.task_codec import factors_from_bytes
+from services.secure_sum import SecureSumConfig, encode_factors
+from trainer.data.types import ClientDataset
+from trainer.device import Task, run_task
+from trainer.local_train import TrainConfig
+from trainer.peft_bridge import adapted_modules
+from trainer.scaling import Scaling
+from trainer.strategies import StrategyConfig, make_strategy
+
+MAX_TASK_BYTES = 4 << 30
+
+
+@dataclass(frozen=True)
+class RoundDone:
+    round_id: int
+    rank_before: int
+    rank_after: int
+    train_loss: float
+    wire: WireBytes | None  # None when the device fell out of the secure-aggregation round
+
+
+class DeviceAgent:
+    def __init__(
+        self,
+        orchestrator: rpc.OrchestratorServiceStub,
+        aggregator_for: Callable[[str], agg_rpc.AggregatorServiceStub],
+        model: torch.nn.Module,
+        data: ClientDataset,
+    ) -> None:
+        self.orchestrator, self.aggregator_for, self.model, self.data = orchestrator, aggregator_for, model, data
+        self.shapes = adapted_modules(model)
+
+    def fetch(self, signer: Ed25519Signer, wait_s: float) -> tuple[pb.TaskHeader, bytes] | None:
+        """Check in and wait for a task; None when there is none yet."""
+        request = pb.GetTaskRequest(wait_ms=int(wait_s * 1000), signing_public_key=signer.public_bytes)
+        header: pb.TaskHeader | None = None
+        parts: list[bytes] = []
+        try:
+            for message in self.orchestrator.GetTask(request, timeout=wait_s + 30):
+                if message.HasField("header"):
+                    header = message.header
+                    if header.factors_bytes > MAX_TASK_BYTES:
+                        raise ValueError(f"task of {header.factors_bytes} bytes exceeds this device's limit")
+                parts.append(message.factors_chunk)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None
+            raise
+        if header is None:
+            raise ValueError("task stream carried no header")
+        data = b"".join(parts)
+        if len(data) != header.factors_bytes:
+            raise ValueError(f"task stream ended after {len(data)} of {header.factors_bytes} bytes")
+        return header, data
+
+    def run_round(self, wait_s: float = 30.0, crash_before: str | None = None) -> RoundDone | None:
+        """One check-in; trains and uploads when a task comes. ``crash_before`` (a stage) simulates a crash."""
+        from secure_agg import Stage
+
+        signer = Ed25519Signer.generate()
+        fetched = self.fetch(signer, wait_s)
+        if fetched is None:
+            return None
+        header, factor_bytes = fetched
+        s = header.strategy
+        strategy = make_strategy(
+            s.name,
+            StrategyConfig(
+                s.r_min,
+                s.r_max,
+                Scaling(s.scaling_mode, s.scaling_value),  # type: ignore[arg-type]  # validated by Scaling
+                gamma=s.gamma,
+                lam=s.lam,
+                sparsity_weighting=s.sparsity_weighting,
+            ),
+        )
+        task = Task(header.round_id, header.version, header.rank, factors_from_bytes(factor_bytes), header.seed)
+        train = TrainConfig(steps=header.train.steps, batch_size=header.train.batch_size, lr=header.train.lr)
+        report = run_task(strategy, self.model, self.data, task, train)
+        assert report.contribution is not None
+        sa = header.secure_agg
+        edges = tuple(sa.bucket_edges)
+        vector = encode_factors(
+            report.contribution, self.shapes, edges, SecureSumConfig(sa.weight_bound, sa.value_bound)
+        )
+        codec = FixedPointCodec(sa.value_bound, 1.0, sa.max_clients)
+        stub = self.aggregator_for(sa.aggregator_target)
+        try:
+            wire: WireBytes | None = secure_upload(
+                stub,
+                header.round_id,
+                signer,
+                vector,
+                1.0,
+                codec,
+                sa.deadline_ms / 1000,
+                stop_before=Stage(crash_before) if crash_before else None,
+            )
+        except LeftRoundError:
+            wire = None
+        if wire is not None:
+            self.orchestrator.ReportTraining(
+                pb.ReportTrainingRequest(
+                    round_id=header.round_id,
+                    rank_before=report.rank_before,
+                    rank_after=report.rank,
+                    train_loss=report.train_loss,
+                    num_examples=report.num_examples,
+                    upload_floats=report.upload_floats,
+                ),
+                timeout=30,
+            )
+        return RoundDone(header.round_id, report.rank_before, report.rank, report.train_loss, wire)

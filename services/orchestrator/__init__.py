@@ -1,0 +1,1 @@
+"""The orchestrator: cohorts, tasks, deadlines and committed global versions, driving the round engine."""

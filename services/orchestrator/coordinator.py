@@ -1,0 +1,246 @@
+"""Rounds in real time: who is checked in, which cohort trains, when a round gives up on a device.
+
+Transport-free: the servicer calls :meth:`Coordinator.check_in` (a device long-polling for a task) and
+:meth:`Coordinator.report` (its plain metadata); a thread runs rounds through :class:`RoundEngine` and asks
+the aggregator for the unmasked bucket sums. Nothing here ever holds one device's update in the clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from secure_agg import FixedPointCodec, RoundConfig, SecAggError, SecAggRequirements
+from services import errors
+from services.orchestrator.task_codec import factors_to_bytes
+from services.secure_sum import SecureSumConfig, bucket_edges, decode_factors, factor_layout
+from trainer.device import Report
+from trainer.factors import ModuleShape
+from trainer.round_engine import RoundEngine, RoundOutcome, RoundPlan
+from trainer.strategies import AggregateSums
+
+log = logging.getLogger("hetlora.orchestrator")
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    rounds: int
+    per_round: int
+    overselect: float = 1.3
+    min_devices: int = 2  # SecAgg needs at least two; below this a round waits
+    checkin_window_s: float = 30.0  # how long a round waits for enough devices before trying again
+    presence_s: float = 15.0  # a device counts as available this long after its last poll
+    round_deadline_s: float = 600.0  # training + secure aggregation, per round
+    stage_timeout_s: float = 60.0
+    report_grace_s: float = 10.0
+    requirements: SecAggRequirements = field(default_factory=lambda: SecAggRequirements(0.05, 0.2))
+    secure: SecureSumConfig = field(default_factory=SecureSumConfig)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one device receives for one round (the servicer turns it into a header plus chunks)."""
+
+    round_id: int
+    round_index: int
+    version: int
+    rank: int
+    seed: int
+    factors: bytes
+    edges: tuple[int, ...]
+    max_clients: int
+
+
+@dataclass
+class RoundRecord:
+    round_id: int
+    round_index: int
+    state: str = "planned"
+    version: int = 0
+    cohort: tuple[str, ...] = ()
+    reported: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    detail: str = ""
+
+
+class Coordinator:
+    def __init__(
+        self,
+        engine: RoundEngine,
+        shapes: dict[str, ModuleShape],
+        settings: RoundSettings,
+        device_rank: Callable[[str], int],
+        open_secure_round: Callable[[RoundConfig, dict[int, tuple[str, bytes]], float], None],
+        secure_sums: Callable[[RoundConfig, FixedPointCodec, float], tuple[tuple, tuple[int, ...]]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine, self.shapes, self.settings = engine, shapes, settings
+        self._device_rank, self._open, self._sums, self._clock = device_rank, open_secure_round, secure_sums, clock
+        self._cond = threading.Condition()
+        self._seen: dict[str, tuple[float, bytes]] = {}  # device -> (last poll, signing key)
+        self._assigned: dict[str, Assignment] = {}
+        self._reports: dict[str, Report] = {}
+        self._current: RoundRecord | None = None
+        self.history: list[RoundRecord] = []
+        self.outcomes: list[RoundOutcome] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rounds", daemon=True)
+        self._next_id = int(time.time() * 1000) * 1000  # unique across restarts: the aggregator never reuses ids
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    # device side ---------------------------------------------------------------------------------------
+    def check_in(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
+        """Mark the device available and wait for its task; DEADLINE_EXCEEDED when none came in ``wait_s``."""
+        if len(signing_key) != 32:
+            raise errors.invalid("signing_public_key", "must be a raw 32-byte Ed25519 public key")
+        if device_id not in self.engine.device_ranks:
+            self.engine.device_ranks[device_id] = self._device_rank(device_id)
+        end = self._clock() + wait_s
+        with self._cond:
+            if device_id not in self._assigned:
+                self._seen[device_id] = (self._clock(), signing_key)
+                self._cond.notify_all()
+            while device_id not in self._assigned and not self._stop.is_set():
+                left = end - self._clock()
+                if left <= 0:
+                    raise errors.not_yet("no task for this device yet; ask again")
+                self._cond.wait(timeout=left)
+            if device_id not in self._assigned:
+                raise errors.unavailable("the orchestrator is shutting down")
+            return self._assigned.pop(device_id)
+
+    def report(self, device_id: str, round_id: int, report: Report) -> None:
+        with self._cond:
+            current = self._current
+            if current is None or current.round_id != round_id or device_id not in current.cohort:
+                raise errors.precondition(f"round {round_id} is not running with {device_id!r} in its cohort")
+            if device_id in self._reports:
+                raise errors.already(f"{device_id!r} already reported for round {round_id}")
+            if not 1 <= report.rank <= report.rank_before:
+                raise errors.invalid("rank_after", f"must be in [1, rank_before={report.rank_before}]")
+            self._reports[device_id] = report
+            self._cond.notify_all()
+
+    # round loop ----------------------------------------------------------------------------------------
+    def _available(self) -> list[str]:
+        now = self._clock()
+        return sorted(d for d, (t, _) in self._seen.items() if now - t <= self.settings.presence_s)
+
+    def _run(self) -> None:
+        s = self.settings
+        index = 1
+        while index <= s.rounds and not self._stop.is_set():
+            with self._cond:
+                end = self._clock() + s.checkin_window_s
+                while len(self._available()) < max(s.per_round, s.min_devices) and not self._stop.is_set():
+                    left = end - self._clock()
+                    if left <= 0:
+                        break
+                    self._cond.wait(timeout=min(left, 1.0))
+                available = self._available()
+            if self._stop.is_set():
+                return
+            if len(available) < s.min_devices:
+                log.warning("round %d: only %d devices checked in; waiting for more", index, len(available))
+                continue
+            try:
+                self._round(index, available)
+            except Exception:
+                log.exception("round %d failed; the committed version is unchanged", index)
+                if self._current is not None:
+                    self._current.state, self._current.detail = "failed", "internal error (see log)"
+            index += 1
+
+    def _round(self, index: int, available: list[str]) -> None:
+        s = self.settings
+        size = min(len(available), max(s.min_devices, math.ceil(s.per_round * s.overselect)))
+        plan = self.engine.plan(index, available, size)
+        tasks = self.engine.tasks(plan)
+        cohort = sorted(plan.cohort)
+        edges = bucket_edges(list(plan.ranks.values()))
+        layout = factor_layout(self.shapes, edges)
+        ids = {d: i for i, d in enumerate(cohort)}
+        levels = {ids[d]: edges.index(plan.ranks[d]) for d in cohort}
+        self._next_id += 1
+        round_id = self._next_id
+        config = RoundConfig.create(round_id, list(ids.values()), layout, levels, s.requirements)
+        with self._cond:
+            keys = {ids[d]: (d, self._seen[d][1]) for d in cohort}
+        record = RoundRecord(round_id, index, "training", plan.version, tuple(cohort))
+        self.history.append(record)
+        self._open(config, keys, s.stage_timeout_s)
+        with self._cond:
+            self._current, self._reports = record, {}
+            for d in cohort:
+                t = tasks[d]
+                self._assigned[d] = Assignment(
+                    round_id, index, t.version, t.rank, t.seed, factors_to_bytes(t.factors), edges, len(cohort)
+                )
+                self._seen.pop(d, None)  # busy until it polls again
+            self._cond.notify_all()
+        log.info("round %d (id %d): cohort %s, ranks %s", index, round_id, cohort, dict(plan.ranks))
+        codec = FixedPointCodec(s.secure.value_bound, 1.0, len(cohort))
+        try:
+            sums, survivors = self._sums(config, codec, s.round_deadline_s)
+        except (SecAggError, TimeoutError, errors.ServiceError) as e:
+            self._finish_empty(record, plan, cohort, f"secure aggregation failed: {e}")
+            return
+        except grpc.RpcError as e:  # the aggregator said ABORTED, or went away
+            self._finish_empty(record, plan, cohort, f"secure aggregation failed: {e.code().name}: {e.details()}")
+            return
+        survived = {cohort[i] for i in survivors}
+        with self._cond:
+            end = self._clock() + s.report_grace_s
+            while not survived <= set(self._reports) and self._clock() < end:
+                self._cond.wait(timeout=end - self._clock())
+            reports = [
+                self._reports.get(d) or Report(d, plan.ranks[d], plan.ranks[d], None, float("nan"), 0)
+                for d in sorted(survived)
+            ]
+            self._current = None
+        component = AggregateSums(
+            decode_factors(sums, self.shapes, edges, self.engine.strategy.global_rank), {}, {}, len(survived)
+        )
+        dropped = [d for d in cohort if d not in survived]
+        outcome = self.engine.finish(plan, reports, dropped, component)
+        self.outcomes.append(outcome)
+        record.state, record.version = "committed", outcome.version
+        record.reported, record.dropped = tuple(sorted(survived)), tuple(dropped)
+        losses = [r.train_loss for r in reports if np.isfinite(r.train_loss)]
+        record.detail = f"mean train loss {np.mean(losses):.4f}" if losses else ""
+        log.info(
+            "round %d committed version %d (%d reported, %d dropped)",
+            index,
+            outcome.version,
+            len(survived),
+            len(dropped),
+        )
+
+    def _finish_empty(self, record: RoundRecord, plan: RoundPlan, cohort: list[str], why: str) -> None:
+        with self._cond:
+            self._current = None
+            for d in cohort:
+                self._assigned.pop(d, None)
+        outcome = self.engine.finish(plan, [], cohort)
+        self.outcomes.append(outcome)
+        record.state, record.dropped, record.detail = "failed", tuple(cohort), why
+        log.warning("round %d failed, version %d kept: %s", record.round_index, outcome.version, why)

@@ -1,0 +1,107 @@
+"""The orchestrator process: devices poll it for tasks over mTLS; it drives the aggregator for the sums."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from services.aggregator.client import open_round, round_sums
+from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
+from services.api.hetlora.v1 import orchestrator_pb2 as pb
+from services.orchestrator.coordinator import Coordinator, RoundSettings
+from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
+from services.registry import DeviceRegistry
+from services.transport import TlsFiles, add_servicer, bind, channel, new_server
+from trainer.factors import ModuleShape
+from trainer.round_engine import RoundEngine, derive_seed
+from trainer.store import DirectoryStore
+from trainer.strategies import StrategyConfig, make_strategy
+
+log = logging.getLogger("hetlora.orchestrator")
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    strategy: pb.StrategySettings
+    train: pb.TrainSettings
+    rounds: RoundSettings
+    aggregator_target: str
+    seed: int = 0
+    base_model: str = "tiny"
+
+
+@dataclass
+class RunningOrchestrator:
+    server: grpc.Server
+    port: int
+    coordinator: Coordinator
+    registry: DeviceRegistry
+
+    def stop(self, grace: float | None = None) -> None:
+        self.coordinator.stop()
+        self.server.stop(grace).wait()
+        self.registry.close()
+
+
+def strategy_config(s: pb.StrategySettings) -> StrategyConfig:
+    from trainer.scaling import Scaling
+
+    return StrategyConfig(
+        s.r_min,
+        s.r_max,
+        Scaling(s.scaling_mode, s.scaling_value),  # type: ignore[arg-type]  # validated by Scaling
+        gamma=s.gamma,
+        lam=s.lam,
+        sparsity_weighting=s.sparsity_weighting,
+    )
+
+
+def start(
+    pki: Path,
+    registry_db: Path | str,
+    store_dir: Path,
+    shapes: dict[str, ModuleShape],
+    cfg: OrchestratorConfig,
+    host: str,
+    port: int,
+) -> RunningOrchestrator:
+    """Resumes from the newest committed version in ``store_dir`` (a crash never loses a committed one)."""
+    if cfg.strategy.name == "flexlora":
+        raise ValueError("flexlora uploads full-size products, which the secure-aggregation bridge does not carry yet")
+    strategy = make_strategy(cfg.strategy.name, strategy_config(cfg.strategy))
+    initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
+    store = DirectoryStore(store_dir, initial, base_model=cfg.base_model)
+    registry = DeviceRegistry(registry_db)
+    engine = RoundEngine(strategy, store, {}, cfg.rounds.per_round, cfg.seed)
+    tls = TlsFiles.load(pki, "service")
+    aggregator = agg_rpc.AggregatorServiceStub(
+        channel(cfg.aggregator_target, tls.ca_pem, tls.cert_pem, tls.key_pem, max_message_bytes=1 << 30)
+    )
+
+    def device_rank(device_id: str) -> int:
+        record = registry.get(device_id)
+        return record.rank if record else cfg.strategy.r_min
+
+    coordinator = Coordinator(
+        engine,
+        shapes,
+        cfg.rounds,
+        device_rank,
+        lambda config, members, timeout: open_round(aggregator, config, members, timeout),
+        lambda config, codec, deadline: round_sums(aggregator, config, codec, deadline),
+    )
+    template = TaskTemplate(cfg.strategy, cfg.train, cfg.aggregator_target, int(cfg.rounds.round_deadline_s * 1000))
+    server = new_server(workers=64)
+    add_servicer(
+        server,
+        pb.DESCRIPTOR.services_by_name["OrchestratorService"],
+        OrchestratorServicer(coordinator, registry, template),
+    )
+    bound = bind(server, f"{host}:{port}", tls)
+    server.start()
+    coordinator.start()
+    log.info("orchestrator listening on %s:%d, strategy %s", host, bound, cfg.strategy.name)
+    return RunningOrchestrator(server, bound, coordinator, registry)

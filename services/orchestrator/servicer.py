@@ -1,0 +1,103 @@
+"""gRPC face of the coordinator: device identity from mTLS + the registry, tasks streamed in chunks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from services import errors
+from services.api.hetlora.v1 import orchestrator_pb2 as pb
+from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
+from services.auth import peer_identity, require_device
+from services.errors import grpc_errors
+from services.orchestrator.coordinator import Coordinator
+from services.orchestrator.task_codec import chunks
+from services.registry import DeviceRegistry
+from trainer.device import Report
+
+MAX_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    """The parts of every task header that do not change between rounds."""
+
+    strategy: pb.StrategySettings
+    train: pb.TrainSettings
+    aggregator_target: str
+    deadline_ms: int
+
+
+class OrchestratorServicer(rpc.OrchestratorServiceServicer):
+    def __init__(self, coordinator: Coordinator, registry: DeviceRegistry, template: TaskTemplate) -> None:
+        self.coordinator, self.registry, self.template = coordinator, registry, template
+
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> Iterator[pb.GetTaskResponse]:
+        try:
+            device = require_device(peer_identity(context), self.registry)
+            task = self.coordinator.check_in(
+                device, request.signing_public_key, min(request.wait_ms / 1000, MAX_WAIT_S)
+            )
+        except errors.ServiceError as e:
+            context.abort(e.code, e.message)
+        secure = self.coordinator.settings.secure
+        header = pb.TaskHeader(
+            round_id=task.round_id,
+            version=task.version,
+            rank=task.rank,
+            seed=task.seed,
+            strategy=self.template.strategy,
+            train=self.template.train,
+            secure_agg=pb.SecureAggSettings(
+                aggregator_target=self.template.aggregator_target,
+                bucket_edges=list(task.edges),
+                value_bound=secure.value_bound,
+                weight_bound=secure.weight_bound,
+                max_clients=task.max_clients,
+                deadline_ms=self.template.deadline_ms,
+            ),
+            factors_bytes=len(task.factors),
+        )
+        for i, part in enumerate(chunks(task.factors)):
+            yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)
+
+    @grpc_errors
+    def ReportTraining(
+        self, request: pb.ReportTrainingRequest, context: grpc.ServicerContext
+    ) -> pb.ReportTrainingResponse:
+        device = require_device(peer_identity(context), self.registry)
+        report = Report(
+            device,
+            request.rank_before,
+            request.rank_after,
+            None,
+            request.train_loss,
+            request.num_examples,
+            declared_upload_floats=request.upload_floats,
+        )
+        self.coordinator.report(device, request.round_id, report)
+        return pb.ReportTrainingResponse()
+
+    @grpc_errors
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+        caller = peer_identity(context)
+        if caller.role not in ("admin", "service"):
+            raise errors.denied("round status is for the operator (admin certificate) and services")
+        version, _ = self.coordinator.engine.store.latest()
+        return pb.GetStatusResponse(
+            committed_version=version,
+            rounds=[
+                pb.RoundStatus(
+                    round_id=r.round_id,
+                    state=r.state,
+                    version=r.version,
+                    cohort=r.cohort,
+                    reported=r.reported,
+                    dropped=r.dropped,
+                    detail=r.detail,
+                )
+                for r in self.coordinator.history
+            ],
+        )

@@ -1,0 +1,123 @@
+"""Full rounds through the real services on loopback: orchestrator, aggregator, device agents, mTLS.
+
+Tiny random model, real chitchat clients. Devices are threads with their own model and channel; every byte
+between them and the services crosses gRPC with their enrolled certificates.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.aggregator.server import start as start_aggregator
+from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
+from services.api.hetlora.v1 import orchestrator_pb2 as pb
+from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
+from services.device.agent import DeviceAgent
+from services.orchestrator.coordinator import RoundSettings
+from services.orchestrator.server import OrchestratorConfig
+from services.orchestrator.server import start as start_orchestrator
+from services.pki import CertificateAuthority, identity_of
+from services.registry import DeviceRegistry
+from services.transport import channel
+from trainer.data.registry import load_federated_corpus
+from trainer.peft_bridge import adapted_modules
+from trainer.ranks import DeviceProfile
+from trainer.store import DirectoryStore
+
+pytestmark = pytest.mark.timeout(300)
+DEVICES = {"dev-a": 2, "dev-b": 8, "dev-c": 4, "dev-d": 8}
+
+
+def enroll_all(pki: Path, db: Path) -> dict[str, tuple[bytes, bytes]]:
+    ca = CertificateAuthority.load(pki)
+    registry = DeviceRegistry(db)
+    creds = {}
+    for name, rank in DEVICES.items():
+        cert, key = ca.issue(name, "device")
+        token, _ = registry.issue_token(name, 60, 0)
+        registry.complete_enrollment(token, name, identity_of(cert).serial, DeviceProfile(2000, 100), rank, 1)
+        creds[name] = (cert, key)
+    registry.close()
+    return creds
+
+
+@pytest.fixture
+def deployment(pki: Path, tmp_path: Path, tiny_model_factory) -> Iterator[tuple]:
+    db = tmp_path / "registry.db"
+    creds = enroll_all(pki, db)
+    aggregator = start_aggregator(pki, "127.0.0.1", 0)
+    cfg = OrchestratorConfig(
+        strategy=pb.StrategySettings(
+            name="hetlora-rebase",
+            r_min=2,
+            r_max=8,
+            scaling_mode="constant",
+            scaling_value=2.0,
+            gamma=0.99,
+            lam=0.01,
+            sparsity_weighting="module",
+        ),
+        train=pb.TrainSettings(steps=2, batch_size=2, lr=1e-3),
+        rounds=RoundSettings(
+            rounds=2, per_round=3, overselect=1.0, min_devices=3, stage_timeout_s=20, round_deadline_s=120
+        ),
+        aggregator_target=f"127.0.0.1:{aggregator.port}",
+    )
+    shapes = adapted_modules(tiny_model_factory(0))
+    orchestrator = start_orchestrator(pki, db, tmp_path / "store", shapes, cfg, "127.0.0.1", 0)
+    yield orchestrator, aggregator, creds, tmp_path / "store"
+    orchestrator.stop(None)
+    aggregator.stop(None)
+
+
+def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, until: threading.Event) -> dict:
+    clients = load_federated_corpus("chitchat", tokenizer, len(DEVICES), 32, heldout_blocks=1)
+    ca_pem = (pki / "ca.crt").read_bytes()
+    done: dict[str, list] = {name: [] for name in DEVICES}
+    errors: list[BaseException] = []
+
+    def device(name: str, data) -> None:
+        cert, key = creds[name]
+        agent = DeviceAgent(
+            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key)),
+            lambda target: agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert, key, max_message_bytes=1 << 30)),
+            tiny_model_factory(0),
+            data,
+        )
+        try:
+            for _ in range(40):  # bounded: each check-in waits at most 2 s
+                if until.is_set():
+                    return
+                result = agent.run_round(wait_s=2.0)
+                if result is not None:
+                    done[name].append(result)
+        except BaseException as e:  # surfaced by the test below
+            errors.append(e)
+
+    threads = [threading.Thread(target=device, args=(n, d)) for n, d in zip(DEVICES, clients, strict=False)]
+    for t in threads:
+        t.start()
+    return {"threads": threads, "done": done, "errors": errors}
+
+
+def test_two_rounds_commit_new_versions_from_masked_uploads(pki, deployment, tokenizer, tiny_model_factory) -> None:
+    orchestrator, _, creds, store_dir = deployment
+    stop = threading.Event()
+    devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
+    orchestrator.coordinator._thread.join(timeout=240)
+    stop.set()
+    for t in devices["threads"]:
+        t.join(timeout=60)
+    assert not devices["errors"], devices["errors"]
+    history = orchestrator.coordinator.history
+    assert [r.state for r in history] == ["committed", "committed"], [(r.state, r.detail) for r in history]
+    assert all(len(r.cohort) == 3 and not r.dropped for r in history)
+    version, adapter = DirectoryStore(store_dir).latest()
+    assert version == 2
+    assert any(abs(f.B).sum() > 0 for f in adapter.factors.values())  # B starts at 0: training moved it
+    trained = [d for runs in devices["done"].values() for d in runs]
+    assert len(trained) == 6 and all(d.wire is not None and d.wire.up > 0 for d in trained)
