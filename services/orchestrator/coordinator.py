@@ -103,15 +103,22 @@ class Coordinator:
             self._cond.notify_all()
         self._thread.join(timeout=30)
 
-    @property
-    def done(self) -> bool:
+    def join(self, timeout_s: float) -> bool:
+        """Wait (bounded) for every round to finish; True when they did."""
+        self._thread.join(timeout=timeout_s)
         return not self._thread.is_alive()
+
+    @property
+    def finished_all(self) -> bool:
+        return len(self.outcomes) >= self.settings.rounds
 
     # device side ---------------------------------------------------------------------------------------
     def check_in(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
         """Mark the device available and wait for its task; DEADLINE_EXCEEDED when none came in ``wait_s``."""
         if len(signing_key) != 32:
             raise errors.invalid("signing_public_key", "must be a raw 32-byte Ed25519 public key")
+        if self.finished_all:
+            raise errors.precondition(f"all {self.settings.rounds} rounds are finished; nothing left to train")
         if device_id not in self.engine.device_ranks:
             self.engine.device_ranks[device_id] = self._device_rank(device_id)
         end = self._clock() + wait_s

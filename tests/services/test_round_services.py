@@ -108,7 +108,7 @@ def test_two_rounds_commit_new_versions_from_masked_uploads(pki, deployment, tok
     orchestrator, _, creds, store_dir = deployment
     stop = threading.Event()
     devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
-    orchestrator.coordinator._thread.join(timeout=240)
+    assert orchestrator.coordinator.join(timeout_s=240)
     stop.set()
     for t in devices["threads"]:
         t.join(timeout=60)
