@@ -7,9 +7,10 @@ never one device's update. It lives in ``services`` because it is the one layer 
 libraries.
 
 Layout: bucket edges are the cohort's distinct ranks; bucket j holds rank components [e_j, e_{j+1}) of every
-module. Its region is, per module, [w_m, w_m·B_m[:, a:b], w_m·A_m[a:b, :]]: weights travel inside the masked
-values (normalised by a public bound) so per-module weights (HetLoRA's sparsity scores) work with a one-slot
-codec. A bucket whose cohort is below the threshold is never unmasked; its components get weight 0, which
+module. Its region is, per module, [w_m per component, w_m·B_m[:, a:b], w_m·A_m[a:b, :]]: weights travel inside
+the masked values (normalised by a public bound) so per-module weights (HetLoRA's sparsity scores) work with a
+one-slot codec, and a weight per component keeps a device that self-pruned inside a bucket out of the
+components it dropped. A bucket whose cohort is below the threshold is never unmasked; its components get weight 0, which
 the strategies treat as "nobody trained this" (HetLoRA's paper rule zeroes them, the others keep them).
 """
 
@@ -41,7 +42,7 @@ from trainer.strategies import AggregateSums, Contribution
 class SecureSumConfig:
     """Public encoding bounds every device and the server agree on."""
 
-    weight_bound: float = 1e4  # weights are divided by this and clipped to [0, 1]
+    weight_bound: float = 1e6  # weights are divided by this and clipped to [0, 1] (example counts reach ~1e4)
     value_bound: float = 4.0  # |w·x| per element after normalisation
     requirements: SecAggRequirements = field(default_factory=lambda: SecAggRequirements(0.05, 0.1))
     min_cohort: int | None = None  # defaults to the SecAgg threshold t
@@ -57,8 +58,9 @@ def _module_width(shape: ModuleShape) -> int:
 
 
 def factor_layout(shapes: Mapping[str, ModuleShape], edges: Sequence[int]) -> BucketLayout:
-    per_component = sum(_module_width(s) for s in shapes.values())
-    return BucketLayout(tuple((b - a) * per_component + len(shapes) for a, b in itertools.pairwise(edges)))
+    # Per component and module: its weight, a column of B and a row of A.
+    per_component = sum(1 + _module_width(s) for s in shapes.values())
+    return BucketLayout(tuple((b - a) * per_component for a, b in itertools.pairwise(edges)))
 
 
 def encode_factors(
@@ -76,7 +78,10 @@ def encode_factors(
             if f.rank > a:
                 B[:, : min(b, f.rank) - a] = f.B[:, a:b]
                 A[: min(b, f.rank) - a] = f.A[a:b]
-            parts.append(np.concatenate([[w if f.rank > a else 0.0], (w * B).ravel(), (w * A).ravel()]))
+            # A weight per component: a device that self-pruned inside a bucket adds no weight to the
+            # components it dropped, exactly as in the clear (sum_contributions).
+            weights = np.where(np.arange(a, b) < f.rank, w, 0.0)
+            parts.append(np.concatenate([weights, (w * B).ravel(), (w * A).ravel()]))
     return np.concatenate(parts).astype(np.float32)
 
 
@@ -96,10 +101,11 @@ def decode_factors(
         for m in sorted(shapes):
             s = shapes[m]
             width = b - a
-            w = values[pos]
-            Bv = values[pos + 1 : pos + 1 + s.d_out * width].reshape(s.d_out, width)
-            Av = values[pos + 1 + s.d_out * width : pos + 1 + (s.d_out + s.d_in) * width].reshape(width, s.d_in)
-            pos += 1 + (s.d_out + s.d_in) * width
+            w = values[pos : pos + width]
+            pos += width
+            Bv = values[pos : pos + s.d_out * width].reshape(s.d_out, width)
+            Av = values[pos + s.d_out * width : pos + (s.d_out + s.d_in) * width].reshape(width, s.d_in)
+            pos += (s.d_out + s.d_in) * width
             out[m].B[:, a:b] = Bv
             out[m].A[a:b] = Av
             out[m].weight[a:b] = w

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,14 @@ def start(
         record = registry.get(device_id)
         return record.rank if record else cfg.strategy.r_min
 
+    # Weights travel inside the masked values divided by a public bound: sparsity scores are O(1); example
+    # counts (token blocks × tokens, ~1e4 per chitchat user) need room, and a device above the bound counts as it.
+    bound = 10.0 if cfg.strategy.name in ("hetlora", "hetlora-cov") else 1e6
+    rounds = dataclasses.replace(cfg.rounds, secure=dataclasses.replace(cfg.rounds.secure, weight_bound=bound))
     coordinator = Coordinator(
         engine,
         shapes,
-        cfg.rounds,
+        rounds,
         device_rank,
         lambda config, members, timeout: open_round(aggregator, config, members, timeout),
         lambda config, codec, deadline: round_sums(aggregator, config, codec, deadline),

@@ -6,10 +6,13 @@ between them and the services crosses gRPC with their enrolled certificates.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
+import numpy as np
 import pytest
 
 from services.aggregator.server import start as start_aggregator
@@ -32,11 +35,11 @@ pytestmark = pytest.mark.timeout(300)
 DEVICES = {"dev-a": 2, "dev-b": 8, "dev-c": 4, "dev-d": 8}
 
 
-def enroll_all(pki: Path, db: Path) -> dict[str, tuple[bytes, bytes]]:
+def enroll_all(pki: Path, db: Path, devices: dict[str, int]) -> dict[str, tuple[bytes, bytes]]:
     ca = CertificateAuthority.load(pki)
     registry = DeviceRegistry(db)
     creds = {}
-    for name, rank in DEVICES.items():
+    for name, rank in devices.items():
         cert, key = ca.issue(name, "device")
         token, _ = registry.issue_token(name, 60, 0)
         registry.complete_enrollment(token, name, identity_of(cert).serial, DeviceProfile(2000, 100), rank, 1)
@@ -47,12 +50,19 @@ def enroll_all(pki: Path, db: Path) -> dict[str, tuple[bytes, bytes]]:
 
 @pytest.fixture
 def deployment(pki: Path, tmp_path: Path, tiny_model_factory) -> Iterator[tuple]:
+    running = deploy(pki, tmp_path, tiny_model_factory, "hetlora-rebase", DEVICES, per_round=3)
+    yield running
+    running[0].stop(None)
+    running[1].stop(None)
+
+
+def deploy(pki: Path, tmp_path: Path, tiny_model_factory, strategy: str, devices: dict[str, int], per_round: int):
     db = tmp_path / "registry.db"
-    creds = enroll_all(pki, db)
+    creds = enroll_all(pki, db, devices)
     aggregator = start_aggregator(pki, "127.0.0.1", 0)
     cfg = OrchestratorConfig(
         strategy=pb.StrategySettings(
-            name="hetlora-rebase",
+            name=strategy,
             r_min=2,
             r_max=8,
             scaling_mode="constant",
@@ -69,23 +79,31 @@ def deployment(pki: Path, tmp_path: Path, tiny_model_factory) -> Iterator[tuple]
     )
     shapes = adapted_modules(tiny_model_factory(0))
     orchestrator = start_orchestrator(pki, db, tmp_path / "store", shapes, cfg, "127.0.0.1", 0)
-    yield orchestrator, aggregator, creds, tmp_path / "store"
-    orchestrator.stop(None)
-    aggregator.stop(None)
+    return orchestrator, aggregator, creds, tmp_path / "store"
+
+
+def device_data(tokenizer, names) -> list:
+    """Real chitchat clients, renamed to the enrolled device ids (the ids seed cohorts and local training)."""
+    clients = load_federated_corpus("chitchat", tokenizer, len(names), 32, heldout_blocks=1)
+    return [dataclasses.replace(c, client_id=n) for c, n in zip(clients, names, strict=True)]
 
 
 def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, until: threading.Event) -> dict:
-    clients = load_federated_corpus("chitchat", tokenizer, len(DEVICES), 32, heldout_blocks=1)
+    names = list(creds)
+    clients = device_data(tokenizer, names)
     ca_pem = (pki / "ca.crt").read_bytes()
-    done: dict[str, list] = {name: [] for name in DEVICES}
+    done: dict[str, list] = {name: [] for name in names}
     errors: list[BaseException] = []
+
+    # Built here, not in the threads: the tiny model's random init draws from torch's global RNG.
+    models = {name: tiny_model_factory(0) for name in names}
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
         agent = DeviceAgent(
             rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key)),
             lambda target: agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert, key, max_message_bytes=1 << 30)),
-            tiny_model_factory(0),
+            models[name],
             data,
         )
         try:
@@ -95,10 +113,13 @@ def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, u
                 result = agent.run_round(wait_s=2.0)
                 if result is not None:
                     done[name].append(result)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:  # "all rounds are finished" ends a device's work
+                errors.append(e)
         except BaseException as e:  # surfaced by the test below
             errors.append(e)
 
-    threads = [threading.Thread(target=device, args=(n, d)) for n, d in zip(DEVICES, clients, strict=False)]
+    threads = [threading.Thread(target=device, args=(n, d)) for n, d in zip(names, clients, strict=True)]
     for t in threads:
         t.start()
     return {"threads": threads, "done": done, "errors": errors}
@@ -121,3 +142,50 @@ def test_two_rounds_commit_new_versions_from_masked_uploads(pki, deployment, tok
     assert any(abs(f.B).sum() > 0 for f in adapter.factors.values())  # B starts at 0: training moved it
     trained = [d for runs in devices["done"].values() for d in runs]
     assert len(trained) == 6 and all(d.wire is not None and d.wire.up > 0 for d in trained)
+
+
+def test_services_and_in_process_engine_commit_the_same_adapter(pki, tmp_path, tokenizer, tiny_model_factory) -> None:
+    """Same seeds, clients and ranks: the services (secure aggregation on) match the in-process round engine
+    (sums in the clear) within the fixed-point quantisation bound. Trains with real example counts (~1e4)."""
+    from trainer.device import run_task
+    from trainer.local_train import TrainConfig
+    from trainer.round_engine import RoundEngine, derive_seed
+    from trainer.scaling import Scaling
+    from trainer.store import MemoryStore
+    from trainer.strategies import StrategyConfig, make_strategy
+
+    # Every rank bucket is trained by >= 2 devices: SecAgg never unmasks a bucket below its threshold (that
+    # would reveal one device's update), while the clear-text engine would use it.
+    ranks = {"eq-a": 4, "eq-b": 8, "eq-c": 8}
+    model = tiny_model_factory(0)
+    shapes = adapted_modules(model)
+    strategy = make_strategy("hetlora-delta", StrategyConfig(2, 8, Scaling(), gamma=0.99, lam=0.01))
+    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, derive_seed(0, "init"))), ranks, 3, 0)
+    data = {c.client_id: c for c in device_data(tokenizer, list(ranks))}
+    for rnd in (1, 2):
+        plan = engine.plan(rnd)
+        tasks = engine.tasks(plan)
+        reports = [
+            run_task(strategy, model, data[c], t, TrainConfig(steps=2, batch_size=2, lr=1e-3)) for c, t in tasks.items()
+        ]
+        engine.finish(plan, reports, [])
+    _, reference = engine.store.latest()
+
+    orchestrator, aggregator, creds, store_dir = deploy(pki, tmp_path, tiny_model_factory, "hetlora-delta", ranks, 3)
+    stop = threading.Event()
+    try:
+        devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
+        assert orchestrator.coordinator.join(timeout_s=240)
+        stop.set()
+        for t in devices["threads"]:
+            t.join(timeout=60)
+    finally:
+        stop.set()
+        orchestrator.stop(None)
+        aggregator.stop(None)
+    assert not devices["errors"], devices["errors"]
+    version, served = DirectoryStore(store_dir).latest()
+    assert version == 2
+    for m in shapes:
+        np.testing.assert_allclose(served.delta(m), reference.delta(m), atol=1e-5)
+        assert np.abs(reference.delta(m)).max() > 1e-4  # the comparison is not between two zeros
