@@ -10,8 +10,9 @@ Layout: bucket edges are the cohort's distinct ranks; bucket j holds rank compon
 module. Its region is, per module, [w_m per component, w_m·B_m[:, a:b], w_m·A_m[a:b, :]]: weights travel inside
 the masked values (normalised by a public bound) so per-module weights (HetLoRA's sparsity scores) work with a
 one-slot codec, and a weight per component keeps a device that self-pruned inside a bucket out of the
-components it dropped. A bucket whose cohort is below the threshold is never unmasked; its components get weight 0, which
-the strategies treat as "nobody trained this" (HetLoRA's paper rule zeroes them, the others keep them).
+components it dropped. A bucket whose cohort is below the threshold is never unmasked; its components get
+weight 0, which the strategies treat as "nobody trained this" (HetLoRA's paper rule zeroes them, the others
+keep them).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
+from secure_agg import FixedPointCodec
 from services.aggregator.server import start as start_aggregator
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
@@ -26,6 +27,7 @@ from services.orchestrator.server import start as start_orchestrator
 from services.pki import CertificateAuthority, identity_of
 from services.registry import DeviceRegistry
 from services.transport import channel
+from trainer.adapter_io import load_adapter
 from trainer.data.registry import load_federated_corpus
 from trainer.peft_bridge import adapted_modules
 from trainer.ranks import DeviceProfile
@@ -162,6 +164,7 @@ def test_services_and_in_process_engine_commit_the_same_adapter(pki, tmp_path, t
     strategy = make_strategy("hetlora-delta", StrategyConfig(2, 8, Scaling(), gamma=0.99, lam=0.01))
     engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, derive_seed(0, "init"))), ranks, 3, 0)
     data = {c.client_id: c for c in device_data(tokenizer, list(ranks))}
+    snapshots, weights = [], []
     for rnd in (1, 2):
         plan = engine.plan(rnd)
         tasks = engine.tasks(plan)
@@ -169,7 +172,8 @@ def test_services_and_in_process_engine_commit_the_same_adapter(pki, tmp_path, t
             run_task(strategy, model, data[c], t, TrainConfig(steps=2, batch_size=2, lr=1e-3)) for c, t in tasks.items()
         ]
         engine.finish(plan, reports, [])
-    _, reference = engine.store.latest()
+        snapshots.append(engine.store.latest()[1])
+        weights.append(min(sum(r.num_examples for r in reports if r.rank >= j) for j in (1, 8)))
 
     orchestrator, aggregator, creds, store_dir = deploy(pki, tmp_path, tiny_model_factory, "hetlora-delta", ranks, 3)
     stop = threading.Event()
@@ -184,8 +188,19 @@ def test_services_and_in_process_engine_commit_the_same_adapter(pki, tmp_path, t
         orchestrator.stop(None)
         aggregator.stop(None)
     assert not devices["errors"], devices["errors"]
-    version, served = DirectoryStore(store_dir).latest()
-    assert version == 2
+    store = DirectoryStore(store_dir)
+    assert store.latest_version() == 2
+    # Round 1 starts from the same version: the only difference is fixed-point rounding, at most one ring unit
+    # per device and element of w·δ, divided by the smallest per-component weight sum (weights = n / bound).
+    codec = FixedPointCodec(4.0, 1.0, len(ranks))
+    bound = len(ranks) / codec.value_scale / (weights[0] / 1e6)
+    first = load_adapter(store.path(1))
     for m in shapes:
-        np.testing.assert_allclose(served.delta(m), reference.delta(m), atol=1e-5)
-        assert np.abs(reference.delta(m)).max() > 1e-4  # the comparison is not between two zeros
+        np.testing.assert_allclose(first.factors[m].B, snapshots[0].factors[m].B, atol=bound, rtol=0)
+        np.testing.assert_allclose(first.factors[m].A, snapshots[0].factors[m].A, atol=bound, rtol=0)
+        assert np.abs(snapshots[0].factors[m].B).max() > 100 * bound  # not a comparison of two zeros
+    # Round 2 trains from those slightly different factors; AdamW's first step (±lr where a gradient is ~0)
+    # can amplify the rounding, so the final adapters agree to 1e-4, not to the rounding bound.
+    _, served = store.latest()
+    for m in shapes:
+        np.testing.assert_allclose(served.delta(m), snapshots[1].delta(m), atol=1e-4, rtol=0)
