@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 PROTO_OUT := services/api
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg demo demo-simulate clean help
+.PHONY: proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg bench-services demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,10 +51,14 @@ test:  ## the CI test suite (tiny random model, no network)
 test-slow:  ## tests that load the real SmolLM2 model
 	$(PY) -m pytest -q -m slow
 
-bench: bench-secagg  ## all fast benchmarks (JSON under bench/results/)
+bench: bench-secagg bench-services  ## all fast benchmarks (JSON under bench/results/)
 
 bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 	$(PY) bench/secagg_bench.py --json bench/results/secagg.json
+
+bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg alone and a whole round
+	$(PY) bench/services_bench.py --json bench/results/services.json
+	$(PY) bench/round_bench.py --json bench/results/round.json
 
 bench-quality:  ## real SmolLM2 on chitchat users, all strategies -> bench/results/quality.{json,png} (~40 min CPU)
 	$(PY) bench/quality.py --out bench/results

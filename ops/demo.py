@@ -87,7 +87,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
     p.add_argument("--strategy", default="hetlora-rebase")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=4)
     p.add_argument("--timeout", type=float, default=540, help="give up after this many seconds")
     args = p.parse_args()

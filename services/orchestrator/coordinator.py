@@ -68,6 +68,7 @@ class RoundRecord:
     reported: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     detail: str = ""
+    wall_s: float = 0.0  # from planning to commit (or failure)
 
 
 class Coordinator:
@@ -179,6 +180,7 @@ class Coordinator:
 
     def _round(self, index: int, available: list[str]) -> None:
         s = self.settings
+        started = self._clock()
         size = min(len(available), max(s.min_devices, math.ceil(s.per_round * s.overselect)))
         plan = self.engine.plan(index, available, size)
         tasks = self.engine.tasks(plan)
@@ -234,6 +236,7 @@ class Coordinator:
         record.reported, record.dropped = tuple(sorted(survived)), tuple(dropped)
         losses = [r.train_loss for r in reports if np.isfinite(r.train_loss)]
         record.detail = f"mean train loss {np.mean(losses):.4f}" if losses else ""
+        record.wall_s = self._clock() - started
         log.info(
             "round %d committed version %d (%d reported, %d dropped)",
             index,
