@@ -28,7 +28,9 @@ install: $(PY)  ## create .venv and install hetlora with its dev tools and offli
 proto:  ## regenerate the Python gRPC code (and mypy stubs) from proto/ into services/api/
 	rm -rf $(PROTO_OUT)/hetlora && mkdir -p $(PROTO_OUT)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PROTO_OUT) --mypy_out=quiet:$(PROTO_OUT) \
-	    --grpc_python_out=$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) $(PROTOS)
+	    --grpc_python_out=$(PROTO_OUT) --mypy_grpc_out=quiet:$(PROTO_OUT) \
+	    --plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc \
+	    $(PROTOS)
 	# protoc writes imports relative to proto/; make them importable as services.api.* without sys.path hacks.
 	find $(PROTO_OUT)/hetlora -name '*.py*' -exec sed -i 's/^from hetlora\.v1 import/from services.api.hetlora.v1 import/' {} +
 	find $(PROTO_OUT)/hetlora -type d -exec touch {}/__init__.py \;

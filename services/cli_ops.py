@@ -180,7 +180,8 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
 def _device_run(args: argparse.Namespace) -> int:
     from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
     from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
-    from services.device.agent import DeviceAgent
+    from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
+    from services.device.secure_upload import LeftRoundError
     from services.transport import channel
     from trainer.data.registry import load_federated_corpus
     from trainer.model import load_base_model, load_tokenizer
@@ -203,10 +204,17 @@ def _device_run(args: argparse.Namespace) -> int:
         try:
             done = agent.run_round(wait_s=10.0)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            if all_rounds_finished(e):
                 print(f"{me}: {e.details()}", flush=True)
                 return 0
-            raise
+            if e.code() not in RETRYABLE:
+                raise
+            print(f"{me}: {e.code().name} ({e.details()}); checking in again", flush=True)
+            time.sleep(1.0)  # back off before the next check-in, not a synchronisation
+            continue
+        except (LeftRoundError, TimeoutError) as e:
+            print(f"{me}: left the round ({e}); checking in again", flush=True)
+            continue
         if done is not None:
             trained += 1
             status = "uploaded" if done.wire else "dropped from secure aggregation"

@@ -71,10 +71,14 @@ def channel(
     key_pem: bytes | None = None,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> grpc.Channel:
-    """A channel that verifies the server against the CA and, given a key pair, presents a client cert."""
+    """A channel that verifies the server against the CA and, given a key pair, presents a client cert.
+
+    Reconnect backoff is capped at 5 s (gRPC's default cap is 120 s), so devices find a restarted service soon.
+    """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_reconnect_backoff_ms", 5000),
     ]
     if ca_pem is None:
         return grpc.insecure_channel(target, options=options)

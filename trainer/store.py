@@ -60,6 +60,10 @@ class DirectoryStore:
         v = self.latest_version()
         return v, load_adapter(self.path(v))
 
+    def record(self, version: int) -> dict:
+        """What was recorded with a version at commit (round, reporters, dropped devices, ranks)."""
+        return dict(json.loads((self.path(version) / "hetlora.json").read_text()))
+
     def commit(self, adapter: GlobalAdapter, record: dict) -> int:
         version = self.latest_version() + 1
         self._write(version, adapter, record)

@@ -28,6 +28,24 @@ from trainer.scaling import Scaling
 from trainer.strategies import StrategyConfig, make_strategy
 
 MAX_TASK_BYTES = 4 << 30
+# Statuses after which a device simply checks in again: a service restarting or a connection cut mid-call
+# (SIGKILL of a server surfaces as UNAVAILABLE, CANCELLED, UNKNOWN or INTERNAL), or a round that ended
+# without it. Anything else (PERMISSION_DENIED, INVALID_ARGUMENT, ...) needs a person.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+
+
+def all_rounds_finished(error: grpc.RpcError) -> bool:
+    return error.code() == grpc.StatusCode.FAILED_PRECONDITION and "rounds are finished" in (error.details() or "")
 
 
 @dataclass(frozen=True)
@@ -119,7 +137,7 @@ class DeviceAgent:
         except LeftRoundError:
             wire = None
         if wire is not None:
-            self.orchestrator.ReportTraining(
+            self._report(
                 pb.ReportTrainingRequest(
                     round_id=header.round_id,
                     rank_before=report.rank_before,
@@ -128,6 +146,14 @@ class DeviceAgent:
                     num_examples=report.num_examples,
                     upload_floats=report.upload_floats,
                 ),
-                timeout=30,
             )
         return RoundDone(header.round_id, report.rank_before, report.rank, report.train_loss, wire)
+
+    def _report(self, request: pb.ReportTrainingRequest) -> None:
+        """Plain metadata after the masked upload; a round the orchestrator no longer runs (it restarted) is
+        not an error for the device: its masked update is in the aggregator's sum or in nobody's."""
+        try:
+            self.orchestrator.ReportTraining(request, timeout=30)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise

@@ -81,6 +81,7 @@ class Coordinator:
         open_secure_round: Callable[[RoundConfig, dict[int, tuple[str, bytes]], float], None],
         secure_sums: Callable[[RoundConfig, FixedPointCodec, float], tuple[tuple, tuple[int, ...]]],
         clock: Callable[[], float] = time.monotonic,
+        first_round: int = 1,
     ) -> None:
         self.engine, self.shapes, self.settings = engine, shapes, settings
         self._device_rank, self._open, self._sums, self._clock = device_rank, open_secure_round, secure_sums, clock
@@ -94,6 +95,7 @@ class Coordinator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rounds", daemon=True)
         self._next_id = int(time.time() * 1000) * 1000  # unique across restarts: the aggregator never reuses ids
+        self._index = first_round  # the next round to run; after a restart, the one after the last committed
 
     def start(self) -> None:
         self._thread.start()
@@ -111,7 +113,7 @@ class Coordinator:
 
     @property
     def finished_all(self) -> bool:
-        return len(self.outcomes) >= self.settings.rounds
+        return self._index > self.settings.rounds
 
     # device side ---------------------------------------------------------------------------------------
     def check_in(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
@@ -155,8 +157,8 @@ class Coordinator:
 
     def _run(self) -> None:
         s = self.settings
-        index = 1
-        while index <= s.rounds and not self._stop.is_set():
+        while self._index <= s.rounds and not self._stop.is_set():
+            index = self._index
             with self._cond:
                 end = self._clock() + s.checkin_window_s
                 while len(self._available()) < max(s.per_round, s.min_devices) and not self._stop.is_set():
@@ -176,7 +178,7 @@ class Coordinator:
                 log.exception("round %d failed; the committed version is unchanged", index)
                 if self._current is not None:
                     self._current.state, self._current.detail = "failed", "internal error (see log)"
-            index += 1
+            self._index = index + 1
 
     def _round(self, index: int, available: list[str]) -> None:
         s = self.settings

@@ -90,6 +90,10 @@ def start(
     # counts (token blocks × tokens, ~1e4 per chitchat user) need room, and a device above the bound counts as it.
     bound = 10.0 if cfg.strategy.name in ("hetlora", "hetlora-cov") else 1e6
     rounds = dataclasses.replace(cfg.rounds, secure=dataclasses.replace(cfg.rounds.secure, weight_bound=bound))
+    latest = store.latest_version()
+    resumed = (store.record(latest).get("round") or 0) if latest else 0
+    if resumed:
+        log.info("resuming after round %d (committed version %d)", resumed, latest)
     coordinator = Coordinator(
         engine,
         shapes,
@@ -97,6 +101,7 @@ def start(
         device_rank,
         lambda config, members, timeout: open_round(aggregator, config, members, timeout),
         lambda config, codec, deadline: round_sums(aggregator, config, codec, deadline),
+        first_round=resumed + 1,
     )
     template = TaskTemplate(cfg.strategy, cfg.train, cfg.aggregator_target, int(cfg.rounds.round_deadline_s * 1000))
     server = new_server(workers=64)

@@ -7,6 +7,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -16,6 +17,22 @@ class ServiceProcess:
     proc: subprocess.Popen
     ready: dict[str, str]
     lines: list[str] = field(default_factory=list)
+    pending: queue.Queue | None = None
+
+    def wait_for(self, text: str, timeout: float) -> str:
+        """The next output line containing ``text``; fails after ``timeout`` seconds or if the process exits."""
+        assert self.pending is not None
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.pending.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no line with {text!r} in {timeout}s:\n{''.join(self.lines[-20:])}") from None
+            if line is None:
+                raise RuntimeError(f"process exited with {self.proc.wait()}:\n{''.join(self.lines[-20:])}")
+            self.lines.append(line)
+            if text in line:
+                return line
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -64,7 +81,7 @@ def start_service(args: Sequence[str], timeout: float = 60) -> ServiceProcess:
         seen.append(line)
         if line.startswith("READY "):
             ready = dict(kv.split("=", 1) for kv in line.split()[1:])
-            return ServiceProcess(proc, ready, seen)
+            return ServiceProcess(proc, ready, seen, lines)
 
 
 def _env() -> dict[str, str]:

@@ -1,0 +1,100 @@
+"""`kill -9` of the orchestrator mid-run: committed versions survive, and a restart resumes the rounds."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from services.aggregator.server import start as start_aggregator
+from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
+from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
+from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
+from services.device.secure_upload import LeftRoundError
+from services.transport import channel
+from tests.services.processes import start_service
+from tests.services.test_round_services import device_data, enroll_all
+from trainer.store import DirectoryStore
+
+pytestmark = pytest.mark.timeout(400)
+DEVICES = {"k-a": 4, "k-b": 8, "k-c": 4, "k-d": 8}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_orchestrator_killed_mid_run_keeps_committed_versions_and_resumes(
+    pki: Path, tmp_path: Path, tokenizer, tiny_model_factory
+) -> None:
+    db, store = tmp_path / "registry.db", tmp_path / "store"
+    creds = enroll_all(pki, db, DEVICES)
+    aggregator = start_aggregator(pki, "127.0.0.1", 0)
+    port = free_port()
+    serve = [
+        "serve", "orchestrator", "--pki", str(pki), "--registry", str(db), "--store", str(store),
+        "--aggregator", f"127.0.0.1:{aggregator.port}", "--port", str(port), "--model", "tiny",
+        "--strategy", "hetlora-rebase", "--r-max", "8", "--rounds", "3", "--per-round", "3", "--overselect", "1",
+        "--local-steps", "2", "--batch-size", "2", "--stage-timeout", "10", "--round-deadline", "60",
+    ]  # fmt: skip
+    first = start_service(serve)
+    stop = threading.Event()
+    ca_pem = (pki / "ca.crt").read_bytes()
+    models = {n: tiny_model_factory(0) for n in DEVICES}
+    failures: list[BaseException] = []
+
+    def device(name: str, data) -> None:
+        cert, key = creds[name]
+        agent = DeviceAgent(
+            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{port}", ca_pem, cert, key)),
+            lambda t: agg_rpc.AggregatorServiceStub(channel(t, ca_pem, cert, key, max_message_bytes=1 << 30)),
+            models[name],
+            data,
+        )
+        for _ in range(200):  # bounded; each attempt waits at most a few seconds
+            if stop.is_set():
+                return
+            try:
+                agent.run_round(wait_s=2.0)
+            except (LeftRoundError, TimeoutError):
+                continue
+            except grpc.RpcError as e:
+                if all_rounds_finished(e):
+                    return
+                if e.code() not in RETRYABLE:
+                    failures.append(e)
+                    return
+                stop.wait(0.5)  # back off while the orchestrator restarts (as `hetlora device run` does)
+            except BaseException as e:
+                failures.append(e)
+                return
+
+    threads = [threading.Thread(target=device, args=(c.client_id, c)) for c in device_data(tokenizer, list(DEVICES))]
+    for t in threads:
+        t.start()
+    try:
+        first.wait_for("committed version 1", timeout=120)
+        first.proc.kill()  # SIGKILL: no cleanup, possibly in the middle of round 2
+        first.proc.wait(timeout=30)
+        committed = DirectoryStore(store).latest_version()
+        assert committed >= 1
+        DirectoryStore(store).latest()  # what LATEST names is complete and loads
+        second = start_service(serve)
+        try:
+            done = second.wait_for("DONE version=", timeout=180)
+        finally:
+            second.stop()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        aggregator.stop(None)
+    assert not failures, failures
+    final = DirectoryStore(store)
+    assert done.strip() == f"DONE version={final.latest_version()}" and final.latest_version() == 3
+    assert [final.record(v)["round"] for v in (1, 2, 3)] == [1, 2, 3]  # no round lost or run twice
