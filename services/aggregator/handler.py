@@ -6,6 +6,7 @@ the client id the orchestrator assigned to its certificate's name in that round.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from services import errors
 from services.aggregator.stage_round import StageRound
 from services.pki import Identity
 
+log = logging.getLogger("hetlora.aggregator")
 MAX_STAGE_TIMEOUT_S = 3600.0
 MAX_WAIT_S = 60.0
 MAX_OPEN_ROUNDS = 64
@@ -57,6 +59,7 @@ class AggregatorHandler:
                 raise errors.exhausted(f"{live} rounds are still running; finish or abort some first")
             keys = {m.client_id: m.signing_public_key for m in members}
             self._rounds[round_id] = (StageRound(config, keys, timeout_s), {m.device_id: m.client_id for m in members})
+        log.info("opened secure round %d: %d devices, %d rank buckets", round_id, len(members), config.layout.n_buckets)
 
     def result(self, caller: Identity, round_id: int, wait_s: float) -> AggregateResult:
         _require_service(caller)

@@ -40,6 +40,7 @@ class RoundSettings:
     round_deadline_s: float = 600.0  # training + secure aggregation, per round
     stage_timeout_s: float = 60.0
     report_grace_s: float = 10.0
+    attempts_per_round: int = 4  # a round whose secure aggregation fails is re-run (backoff 2, 4, 8 s)
     requirements: SecAggRequirements = field(default_factory=lambda: SecAggRequirements(0.05, 0.2))
     secure: SecureSumConfig = field(default_factory=SecureSumConfig)
 
@@ -172,15 +173,21 @@ class Coordinator:
             if len(available) < s.min_devices:
                 log.warning("round %d: only %d devices checked in; waiting for more", index, len(available))
                 continue
+            committed = False
             try:
-                self._round(index, available)
+                committed = self._round(index, available)
             except Exception:
                 log.exception("round %d failed; the committed version is unchanged", index)
-                if self._current is not None:
-                    self._current.state, self._current.detail = "failed", "internal error (see log)"
-            self._index = index + 1
+                if self.history and self.history[-1].round_index == index:
+                    self.history[-1].state, self.history[-1].detail = "failed", "internal error (see log)"
+            attempts = sum(r.round_index == index for r in self.history)
+            if committed or attempts >= s.attempts_per_round:
+                self._index = index + 1
+            else:  # re-run the round with a fresh cohort and a new secure round, after backing off
+                self._stop.wait(min(30.0, 2.0**attempts))
 
-    def _round(self, index: int, available: list[str]) -> None:
+    def _round(self, index: int, available: list[str]) -> bool:
+        """Run one attempt at round ``index``; True when it committed a new version."""
         s = self.settings
         started = self._clock()
         size = min(len(available), max(s.min_devices, math.ceil(s.per_round * s.overselect)))
@@ -198,7 +205,11 @@ class Coordinator:
             keys = {ids[d]: (d, self._seen[d][1]) for d in cohort}
         record = RoundRecord(round_id, index, "training", plan.version, tuple(cohort))
         self.history.append(record)
-        self._open(config, keys, s.stage_timeout_s)
+        try:
+            self._open(config, keys, s.stage_timeout_s)
+        except grpc.RpcError as e:
+            self._finish_empty(record, plan, cohort, f"could not open the secure round: {e.code().name}: {e.details()}")
+            return False
         with self._cond:
             self._current, self._reports = record, {}
             for d in cohort:
@@ -214,10 +225,10 @@ class Coordinator:
             sums, survivors = self._sums(config, codec, s.round_deadline_s)
         except (SecAggError, TimeoutError, errors.ServiceError) as e:
             self._finish_empty(record, plan, cohort, f"secure aggregation failed: {e}")
-            return
+            return False
         except grpc.RpcError as e:  # the aggregator said ABORTED, or went away
             self._finish_empty(record, plan, cohort, f"secure aggregation failed: {e.code().name}: {e.details()}")
-            return
+            return False
         survived = {cohort[i] for i in survivors}
         with self._cond:
             end = self._clock() + s.report_grace_s
@@ -246,6 +257,7 @@ class Coordinator:
             len(survived),
             len(dropped),
         )
+        return True
 
     def _finish_empty(self, record: RoundRecord, plan: RoundPlan, cohort: list[str], why: str) -> None:
         with self._cond:

@@ -164,3 +164,20 @@ def test_aggregator_process_serves_a_round_to_device_threads(pki: Path) -> None:
         np.testing.assert_allclose(sums[0].weighted_sum, want, atol=1e-3)
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize(
+    "stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK]
+)
+def test_a_device_killed_at_any_stage_leaves_a_correct_sum_over_the_others(pki: Path, aggregator, stage: Stage) -> None:
+    round_id = 100 + list(Stage).index(stage)
+    values, weights, levels, sums, survivors, outcome = run_round(pki, aggregator, round_id, {2: stage}, timeout_s=2)
+    assert isinstance(outcome[2], LeftRoundError)
+    # A device that vanished before its masked input is not in the sum; after it, its input stays in.
+    assert (2 in survivors) == (stage in (Stage.CONSISTENCY_CHECK, Stage.UNMASK))
+    for j, bucket in enumerate(sums):
+        if bucket.weighted_sum is None:
+            continue
+        want, want_w = expected_sum(values, weights, levels, survivors, j)
+        np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
+        assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)

@@ -98,3 +98,83 @@ def test_orchestrator_killed_mid_run_keeps_committed_versions_and_resumes(
     final = DirectoryStore(store)
     assert done.strip() == f"DONE version={final.latest_version()}" and final.latest_version() == 3
     assert [final.record(v)["round"] for v in (1, 2, 3)] == [1, 2, 3]  # no round lost or run twice
+
+
+def test_aggregator_killed_mid_round_fails_that_attempt_and_the_round_is_re_run(
+    pki: Path, tmp_path: Path, tokenizer, tiny_model_factory
+) -> None:
+    from services.api.hetlora.v1 import orchestrator_pb2 as pb
+    from services.orchestrator.coordinator import RoundSettings
+    from services.orchestrator.server import OrchestratorConfig
+    from services.orchestrator.server import start as start_orchestrator
+    from trainer.peft_bridge import adapted_modules
+
+    db, store = tmp_path / "registry.db", tmp_path / "store"
+    creds = enroll_all(pki, db, DEVICES)
+    agg_port = free_port()
+    serve_aggregator = ["serve", "aggregator", "--pki", str(pki), "--port", str(agg_port)]
+    aggregator = start_service(serve_aggregator)
+    cfg = OrchestratorConfig(
+        strategy=pb.StrategySettings(
+            name="hetlora-rebase",
+            r_min=2,
+            r_max=8,
+            scaling_mode="constant",
+            scaling_value=2.0,
+            gamma=0.99,
+            lam=0.01,
+            sparsity_weighting="module",
+        ),
+        train=pb.TrainSettings(steps=2, batch_size=2, lr=1e-3),
+        rounds=RoundSettings(
+            rounds=2, per_round=3, overselect=1.0, min_devices=3, stage_timeout_s=10, round_deadline_s=60
+        ),
+        aggregator_target=f"127.0.0.1:{agg_port}",
+    )
+    orchestrator = start_orchestrator(pki, db, store, adapted_modules(tiny_model_factory(0)), cfg, "127.0.0.1", 0)
+    stop = threading.Event()
+    ca_pem = (pki / "ca.crt").read_bytes()
+    models = {n: tiny_model_factory(0) for n in DEVICES}
+
+    def device(name: str, data) -> None:
+        cert, key = creds[name]
+        agent = DeviceAgent(
+            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key)),
+            lambda t: agg_rpc.AggregatorServiceStub(channel(t, ca_pem, cert, key, max_message_bytes=1 << 30)),
+            models[name],
+            data,
+        )
+        for _ in range(200):
+            if stop.is_set():
+                return
+            try:
+                agent.run_round(wait_s=2.0)
+            except (LeftRoundError, TimeoutError):
+                continue
+            except grpc.RpcError as e:
+                if all_rounds_finished(e) or e.code() not in RETRYABLE:
+                    return
+                stop.wait(0.5)
+
+    threads = [threading.Thread(target=device, args=(c.client_id, c)) for c in device_data(tokenizer, list(DEVICES))]
+    for t in threads:
+        t.start()
+    try:
+        aggregator.wait_for("opened secure round", timeout=120)
+        aggregator.proc.kill()  # SIGKILL while the first round's secure aggregation is open
+        aggregator.proc.wait(timeout=30)
+        restarted = start_service(serve_aggregator)
+        try:
+            assert orchestrator.coordinator.join(timeout_s=240)
+        finally:
+            restarted.stop()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        orchestrator.stop(None)
+    history = orchestrator.coordinator.history
+    assert history[0].state == "failed" and "secure" in history[0].detail  # the attempt the kill interrupted
+    assert [r.round_index for r in history if r.state == "committed"] == [1, 2]
+    final = DirectoryStore(store)
+    assert final.latest_version() == 2 and [final.record(v)["round"] for v in (1, 2)] == [1, 2]
