@@ -141,3 +141,38 @@ def secure_factor_sums(
         raise AbortedError(report.abort_reason or "secure aggregation round aborted")
     survivors = len(contributions) - len(drop_at or {})
     return AggregateSums(decode_factors(report.sums, shapes, edges, r_global), {}, {}, survivors)
+
+
+# FlexLoRA: every device uploads full-size products, so one bucket holds them all (no rank structure to hide).
+DENSE_EDGES = (0, 1)
+
+
+def dense_layout(shapes: Mapping[str, ModuleShape]) -> BucketLayout:
+    """One region: per module (sorted), its weight then the weighted d_out × d_in product."""
+    return BucketLayout.single(sum(1 + s.d_out * s.d_in for s in shapes.values()))
+
+
+def encode_dense(c: Contribution, shapes: Mapping[str, ModuleShape], cfg: SecureSumConfig) -> np.ndarray:
+    """Device side for FlexLoRA: [w_m, w_m·P_m] per module, weights normalised by the public bound."""
+    parts: list[np.ndarray] = []
+    for m in sorted(shapes):
+        w = min(c.weight[m] / cfg.weight_bound, 1.0)
+        parts.append(np.concatenate([[w], (w * np.asarray(c.dense[m], np.float64)).ravel()]))
+    return np.concatenate(parts).astype(np.float32)
+
+
+def decode_dense(
+    sums: Sequence[BucketSum], shapes: Mapping[str, ModuleShape]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Server side for FlexLoRA: Σ w·P and Σ w per module from the single unmasked bucket."""
+    (bucket,) = sums
+    if bucket.weighted_sum is None:
+        raise AbortedError("the product bucket was not unmasked (too few devices survived)")
+    values = bucket.weighted_sum.astype(np.float64)
+    dense, weight, pos = {}, {}, 0
+    for m in sorted(shapes):
+        s = shapes[m]
+        weight[m] = float(values[pos])
+        dense[m] = values[pos + 1 : pos + 1 + s.d_out * s.d_in].reshape(s.d_out, s.d_in)
+        pos += 1 + s.d_out * s.d_in
+    return dense, weight

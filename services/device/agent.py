@@ -19,7 +19,7 @@ from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.secure_upload import LeftRoundError, WireBytes, secure_upload
 from services.orchestrator.task_codec import factors_from_bytes
-from services.secure_sum import SecureSumConfig, encode_factors
+from services.secure_sum import SecureSumConfig, encode_dense, encode_factors
 from trainer.data.types import ClientDataset
 from trainer.device import Task, run_task
 from trainer.local_train import TrainConfig
@@ -118,9 +118,11 @@ class DeviceAgent:
         assert report.contribution is not None
         sa = header.secure_agg
         edges = tuple(sa.bucket_edges)
-        vector = encode_factors(
-            report.contribution, self.shapes, edges, SecureSumConfig(sa.weight_bound, sa.value_bound)
-        )
+        secure = SecureSumConfig(sa.weight_bound, sa.value_bound)
+        if strategy.dense_upload:
+            vector = encode_dense(report.contribution, self.shapes, secure)
+        else:
+            vector = encode_factors(report.contribution, self.shapes, edges, secure)
         codec = FixedPointCodec(sa.value_bound, 1.0, sa.max_clients)
         stub = self.aggregator_for(sa.aggregator_target)
         try:

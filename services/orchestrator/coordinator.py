@@ -20,7 +20,15 @@ import numpy as np
 from secure_agg import FixedPointCodec, RoundConfig, SecAggError, SecAggRequirements
 from services import errors
 from services.orchestrator.task_codec import factors_to_bytes
-from services.secure_sum import SecureSumConfig, bucket_edges, decode_factors, factor_layout
+from services.secure_sum import (
+    DENSE_EDGES,
+    SecureSumConfig,
+    bucket_edges,
+    decode_dense,
+    decode_factors,
+    dense_layout,
+    factor_layout,
+)
 from trainer.device import Report
 from trainer.factors import ModuleShape
 from trainer.round_engine import RoundEngine, RoundOutcome, RoundPlan
@@ -194,10 +202,11 @@ class Coordinator:
         plan = self.engine.plan(index, available, size)
         tasks = self.engine.tasks(plan)
         cohort = sorted(plan.cohort)
-        edges = bucket_edges(list(plan.ranks.values()))
-        layout = factor_layout(self.shapes, edges)
+        dense = self.engine.strategy.dense_upload
+        edges = DENSE_EDGES if dense else bucket_edges(list(plan.ranks.values()))
+        layout = dense_layout(self.shapes) if dense else factor_layout(self.shapes, edges)
         ids = {d: i for i, d in enumerate(cohort)}
-        levels = {ids[d]: edges.index(plan.ranks[d]) for d in cohort}
+        levels = {ids[d]: 1 if dense else edges.index(plan.ranks[d]) for d in cohort}
         self._next_id += 1
         round_id = self._next_id
         config = RoundConfig.create(round_id, list(ids.values()), layout, levels, s.requirements)
@@ -239,9 +248,12 @@ class Coordinator:
                 for d in sorted(survived)
             ]
             self._current = None
-        component = AggregateSums(
-            decode_factors(sums, self.shapes, edges, self.engine.strategy.global_rank), {}, {}, len(survived)
-        )
+        if dense:
+            products, product_weight = decode_dense(sums, self.shapes)
+            component = AggregateSums({}, products, product_weight, len(survived))
+        else:
+            factor_sums = decode_factors(sums, self.shapes, edges, self.engine.strategy.global_rank)
+            component = AggregateSums(factor_sums, {}, {}, len(survived))
         dropped = [d for d in cohort if d not in survived]
         outcome = self.engine.finish(plan, reports, dropped, component)
         self.outcomes.append(outcome)

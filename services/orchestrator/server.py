@@ -70,8 +70,6 @@ def start(
     port: int,
 ) -> RunningOrchestrator:
     """Resumes from the newest committed version in ``store_dir`` (a crash never loses a committed one)."""
-    if cfg.strategy.name == "flexlora":
-        raise ValueError("flexlora uploads full-size products, which the secure-aggregation bridge does not carry yet")
     strategy = make_strategy(cfg.strategy.name, strategy_config(cfg.strategy))
     initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
     store = DirectoryStore(store_dir, initial, base_model=cfg.base_model)

@@ -124,6 +124,7 @@ class Strategy(ABC):
 
     name: str = ""
     prune: PruneConfig | None = None
+    dense_upload: bool = False  # uploads full-size products (FlexLoRA) instead of rank-bucketed factors
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config

@@ -24,6 +24,7 @@ from trainer.strategies.base import (
 
 class FlexLoRA(Strategy):
     name = "flexlora"
+    dense_upload = True
 
     def __init__(self, config: StrategyConfig) -> None:
         super().__init__(config)
