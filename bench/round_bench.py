@@ -29,16 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import grpc
 
 from services.aggregator.server import start as start_aggregator
-from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
-from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.agent import DeviceAgent
 from services.orchestrator.coordinator import RoundSettings
 from services.orchestrator.server import OrchestratorConfig
 from services.orchestrator.server import start as start_orchestrator
 from services.pki import CertificateAuthority, identity_of, init_pki
 from services.registry import DeviceRegistry
-from services.transport import channel
+from services.settings import strategy_settings
 from trainer.data.registry import load_federated_corpus
 from trainer.device import run_task
 from trainer.local_train import TrainConfig
@@ -81,8 +79,7 @@ def over_services(clients, ranks, tmp: Path) -> float:
         creds[name] = (cert, key)
     registry.close()
     aggregator = start_aggregator(pki, "127.0.0.1", 0)
-    settings = pb.StrategySettings(name=STRATEGY, r_min=2, r_max=R_MAX, scaling_mode="constant", scaling_value=2.0,
-                                   gamma=0.99, lam=0.01, sparsity_weighting="module")  # fmt: skip
+    settings = strategy_settings(STRATEGY, 2, R_MAX)
     cfg = OrchestratorConfig(
         settings, pb.TrainSettings(steps=STEPS, batch_size=BATCH, lr=1e-3),
         RoundSettings(rounds=1, per_round=len(ranks), overselect=1.0, min_devices=len(ranks)),
@@ -95,12 +92,7 @@ def over_services(clients, ranks, tmp: Path) -> float:
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
-        agent = DeviceAgent(
-            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key)),
-            lambda t: agg_rpc.AggregatorServiceStub(channel(t, ca_pem, cert, key, max_message_bytes=1 << 30)),
-            models[name],
-            data,
-        )
+        agent = DeviceAgent.connect(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data)
         try:
             while agent.run_round(wait_s=2.0) is None:
                 pass

@@ -137,21 +137,13 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
     from services.api.hetlora.v1 import orchestrator_pb2 as pb
     from services.orchestrator.coordinator import RoundSettings
     from services.orchestrator.server import OrchestratorConfig, start
+    from services.settings import strategy_settings
     from trainer.model import load_base_model
     from trainer.peft_bridge import adapted_modules
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = OrchestratorConfig(
-        strategy=pb.StrategySettings(
-            name=args.strategy,
-            r_min=args.r_min,
-            r_max=args.r_max,
-            scaling_mode="constant",
-            scaling_value=2.0,
-            gamma=0.99,
-            lam=0.01,
-            sparsity_weighting="module",
-        ),
+        strategy=strategy_settings(args.strategy, args.r_min, args.r_max),
         train=pb.TrainSettings(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr),
         rounds=RoundSettings(
             rounds=args.rounds,
@@ -178,11 +170,8 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
 
 
 def _device_run(args: argparse.Namespace) -> int:
-    from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
-    from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
     from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
     from services.device.secure_upload import LeftRoundError
-    from services.transport import channel
     from trainer.data.registry import load_federated_corpus
     from trainer.model import load_base_model, load_tokenizer
 
@@ -192,11 +181,8 @@ def _device_run(args: argparse.Namespace) -> int:
     ca_pem, cert_pem, key_pem = ca.read_bytes(), cert.read_bytes(), key.read_bytes()
     me = json.loads((args.dir / "enrollment.json").read_text())["device_id"]
     data = load_federated_corpus(args.corpus, load_tokenizer(), args.client_index + 1, args.seq_len, heldout_blocks=2)
-    agent = DeviceAgent(
-        rpc.OrchestratorServiceStub(channel(args.orchestrator, ca_pem, cert_pem, key_pem)),
-        lambda target: agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert_pem, key_pem, 1 << 30)),
-        load_base_model(args.model),
-        data[args.client_index],
+    agent = DeviceAgent.connect(
+        args.orchestrator, ca_pem, cert_pem, key_pem, load_base_model(args.model), data[args.client_index]
     )
     print(f"READY device={me}", flush=True)
     trained = 0

@@ -20,12 +20,13 @@ from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.secure_upload import LeftRoundError, WireBytes, secure_upload
 from services.orchestrator.task_codec import factors_from_bytes
 from services.secure_sum import SecureSumConfig, encode_dense, encode_factors
+from services.settings import strategy_config
+from services.transport import channel
 from trainer.data.types import ClientDataset
 from trainer.device import Task, run_task
 from trainer.local_train import TrainConfig
 from trainer.peft_bridge import adapted_modules
-from trainer.scaling import Scaling
-from trainer.strategies import StrategyConfig, make_strategy
+from trainer.strategies import make_strategy
 
 MAX_TASK_BYTES = 4 << 30
 # Statuses after which a device simply checks in again: a service restarting or a connection cut mid-call
@@ -68,6 +69,25 @@ class DeviceAgent:
         self.orchestrator, self.aggregator_for, self.model, self.data = orchestrator, aggregator_for, model, data
         self.shapes = adapted_modules(model)
 
+    @classmethod
+    def connect(
+        cls,
+        orchestrator: str,
+        ca_pem: bytes,
+        cert_pem: bytes,
+        key_pem: bytes,
+        model: torch.nn.Module,
+        data: ClientDataset,
+    ) -> DeviceAgent:
+        """An agent whose calls to the orchestrator and to the aggregator a task names use its enrolled cert."""
+
+        def aggregator_for(target: str) -> agg_rpc.AggregatorServiceStub:
+            return agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert_pem, key_pem, max_message_bytes=1 << 30))
+
+        return cls(
+            rpc.OrchestratorServiceStub(channel(orchestrator, ca_pem, cert_pem, key_pem)), aggregator_for, model, data
+        )
+
     def fetch(self, signer: Ed25519Signer, wait_s: float) -> tuple[pb.TaskHeader, bytes] | None:
         """Check in and wait for a task; None when there is none yet."""
         request = pb.GetTaskRequest(wait_ms=int(wait_s * 1000), signing_public_key=signer.public_bytes)
@@ -100,18 +120,7 @@ class DeviceAgent:
         if fetched is None:
             return None
         header, factor_bytes = fetched
-        s = header.strategy
-        strategy = make_strategy(
-            s.name,
-            StrategyConfig(
-                s.r_min,
-                s.r_max,
-                Scaling(s.scaling_mode, s.scaling_value),  # type: ignore[arg-type]  # validated by Scaling
-                gamma=s.gamma,
-                lam=s.lam,
-                sparsity_weighting=s.sparsity_weighting,
-            ),
-        )
+        strategy = make_strategy(header.strategy.name, strategy_config(header.strategy))
         task = Task(header.round_id, header.version, header.rank, factors_from_bytes(factor_bytes), header.seed)
         train = TrainConfig(steps=header.train.steps, batch_size=header.train.batch_size, lr=header.train.lr)
         report = run_task(strategy, self.model, self.data, task, train)

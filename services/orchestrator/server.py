@@ -15,11 +15,12 @@ from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.orchestrator.coordinator import Coordinator, RoundSettings
 from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
 from services.registry import DeviceRegistry
+from services.settings import strategy_config
 from services.transport import TlsFiles, add_servicer, bind, channel, new_server
 from trainer.factors import ModuleShape
 from trainer.round_engine import RoundEngine, derive_seed
 from trainer.store import DirectoryStore
-from trainer.strategies import StrategyConfig, make_strategy
+from trainer.strategies import make_strategy
 
 log = logging.getLogger("hetlora.orchestrator")
 
@@ -45,19 +46,6 @@ class RunningOrchestrator:
         self.coordinator.stop()
         self.server.stop(grace).wait()
         self.registry.close()
-
-
-def strategy_config(s: pb.StrategySettings) -> StrategyConfig:
-    from trainer.scaling import Scaling
-
-    return StrategyConfig(
-        s.r_min,
-        s.r_max,
-        Scaling(s.scaling_mode, s.scaling_value),  # type: ignore[arg-type]  # validated by Scaling
-        gamma=s.gamma,
-        lam=s.lam,
-        sparsity_weighting=s.sparsity_weighting,
-    )
 
 
 def start(

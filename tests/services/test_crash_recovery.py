@@ -10,11 +10,9 @@ import grpc
 import pytest
 
 from services.aggregator.server import start as start_aggregator
-from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
-from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
 from services.device.secure_upload import LeftRoundError
-from services.transport import channel
+from services.settings import strategy_settings
 from tests.services.processes import start_service
 from tests.services.test_round_services import device_data, enroll_all
 from trainer.store import DirectoryStore
@@ -50,12 +48,7 @@ def test_orchestrator_killed_mid_run_keeps_committed_versions_and_resumes(
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
-        agent = DeviceAgent(
-            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{port}", ca_pem, cert, key)),
-            lambda t: agg_rpc.AggregatorServiceStub(channel(t, ca_pem, cert, key, max_message_bytes=1 << 30)),
-            models[name],
-            data,
-        )
+        agent = DeviceAgent.connect(f"127.0.0.1:{port}", ca_pem, cert, key, models[name], data)
         for _ in range(200):  # bounded; each attempt waits at most a few seconds
             if stop.is_set():
                 return
@@ -115,16 +108,7 @@ def test_aggregator_killed_mid_round_fails_that_attempt_and_the_round_is_re_run(
     serve_aggregator = ["serve", "aggregator", "--pki", str(pki), "--port", str(agg_port)]
     aggregator = start_service(serve_aggregator)
     cfg = OrchestratorConfig(
-        strategy=pb.StrategySettings(
-            name="hetlora-rebase",
-            r_min=2,
-            r_max=8,
-            scaling_mode="constant",
-            scaling_value=2.0,
-            gamma=0.99,
-            lam=0.01,
-            sparsity_weighting="module",
-        ),
+        strategy=strategy_settings("hetlora-rebase", 2, 8),
         train=pb.TrainSettings(steps=2, batch_size=2, lr=1e-3),
         rounds=RoundSettings(
             rounds=2, per_round=3, overselect=1.0, min_devices=3, stage_timeout_s=10, round_deadline_s=60
@@ -138,12 +122,7 @@ def test_aggregator_killed_mid_round_fails_that_attempt_and_the_round_is_re_run(
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
-        agent = DeviceAgent(
-            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key)),
-            lambda t: agg_rpc.AggregatorServiceStub(channel(t, ca_pem, cert, key, max_message_bytes=1 << 30)),
-            models[name],
-            data,
-        )
+        agent = DeviceAgent.connect(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data)
         for _ in range(200):
             if stop.is_set():
                 return

@@ -18,6 +18,7 @@ from services.orchestrator.coordinator import RoundSettings
 from services.orchestrator.server import OrchestratorConfig
 from services.orchestrator.server import start as start_orchestrator
 from services.pki import CertificateAuthority
+from services.settings import strategy_settings
 from services.transport import TlsFiles, channel
 from tests.services.test_round_services import enroll_all
 from trainer.peft_bridge import adapted_modules
@@ -46,16 +47,7 @@ def services(pki: Path, tmp_path: Path, tiny_model_factory) -> Iterator[tuple]:
     creds = enroll_all(pki, db, {"fz-a": 4, "fz-b": 8})
     aggregator = start_aggregator(pki, "127.0.0.1", 0)
     cfg = OrchestratorConfig(
-        strategy=opb.StrategySettings(
-            name="hetlora-rebase",
-            r_min=2,
-            r_max=8,
-            scaling_mode="constant",
-            scaling_value=2.0,
-            gamma=0.99,
-            lam=0.01,
-            sparsity_weighting="module",
-        ),
+        strategy=strategy_settings("hetlora-rebase", 2, 8),
         train=opb.TrainSettings(steps=1, batch_size=1, lr=1e-3),
         rounds=RoundSettings(rounds=1, per_round=2, min_devices=2, checkin_window_s=1.0),
         aggregator_target=f"127.0.0.1:{aggregator.port}",

@@ -17,16 +17,14 @@ import pytest
 
 from secure_agg import FixedPointCodec
 from services.aggregator.server import start as start_aggregator
-from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
-from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.agent import DeviceAgent
 from services.orchestrator.coordinator import RoundSettings
 from services.orchestrator.server import OrchestratorConfig
 from services.orchestrator.server import start as start_orchestrator
 from services.pki import CertificateAuthority, identity_of
 from services.registry import DeviceRegistry
-from services.transport import channel
+from services.settings import strategy_settings
 from trainer.adapter_io import load_adapter
 from trainer.data.registry import load_federated_corpus
 from trainer.peft_bridge import adapted_modules
@@ -63,16 +61,7 @@ def deploy(pki: Path, tmp_path: Path, tiny_model_factory, strategy: str, devices
     creds = enroll_all(pki, db, devices)
     aggregator = start_aggregator(pki, "127.0.0.1", 0)
     cfg = OrchestratorConfig(
-        strategy=pb.StrategySettings(
-            name=strategy,
-            r_min=2,
-            r_max=8,
-            scaling_mode="constant",
-            scaling_value=2.0,
-            gamma=0.99,
-            lam=0.01,
-            sparsity_weighting="module",
-        ),
+        strategy=strategy_settings(strategy, 2, 8),
         train=pb.TrainSettings(steps=2, batch_size=2, lr=1e-3),
         rounds=RoundSettings(
             rounds=2, per_round=3, overselect=1.0, min_devices=3, stage_timeout_s=20, round_deadline_s=120
@@ -102,12 +91,7 @@ def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, u
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
-        agent = DeviceAgent(
-            rpc.OrchestratorServiceStub(channel(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key)),
-            lambda target: agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert, key, max_message_bytes=1 << 30)),
-            models[name],
-            data,
-        )
+        agent = DeviceAgent.connect(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data)
         try:
             for _ in range(40):  # bounded: each check-in waits at most 2 s
                 if until.is_set():
