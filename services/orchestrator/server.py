@@ -48,6 +48,15 @@ class RunningOrchestrator:
         self.registry.close()
 
 
+def pruned_ranks(store: DirectoryStore) -> dict[str, int]:
+    """Each device's lowest rank after training, from the records committed with every version."""
+    ranks: dict[str, int] = {}
+    for version in range(1, store.latest_version() + 1):
+        for device, rank in (store.record(version).get("ranks") or {}).items():
+            ranks[device] = min(ranks.get(device, rank), int(rank))
+    return ranks
+
+
 def start(
     pki: Path,
     registry_db: Path | str,
@@ -68,9 +77,13 @@ def start(
         channel(cfg.aggregator_target, tls.ca_pem, tls.cert_pem, tls.key_pem, max_message_bytes=1 << 30)
     )
 
+    pruned = pruned_ranks(store)
+
     def device_rank(device_id: str) -> int:
+        """The enrolled rank, lowered to what the device self-pruned to in committed rounds (survives restarts)."""
         record = registry.get(device_id)
-        return record.rank if record else cfg.strategy.r_min
+        enrolled = record.rank if record else cfg.strategy.r_min
+        return min(enrolled, pruned.get(device_id, enrolled))
 
     # Weights travel inside the masked values divided by a public bound: sparsity scores are O(1); example
     # counts (token blocks × tokens, ~1e4 per chitchat user) need room, and a device above the bound counts as it.

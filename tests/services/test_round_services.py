@@ -230,3 +230,19 @@ def test_flexlora_runs_through_the_services_and_matches_the_engine(
     for m in shapes:
         np.testing.assert_allclose(first.delta(m), reference.delta(m), atol=1e-5, rtol=0)
         assert np.abs(reference.delta(m)).max() > 1e-4  # 10x the tolerance: not a comparison of zeros
+
+
+def test_self_pruned_ranks_are_rebuilt_from_committed_versions(tmp_path, tiny_model_factory) -> None:
+    """After a restart the orchestrator must not hand a device back the rank it pruned away."""
+    from services.orchestrator.server import pruned_ranks
+    from trainer.round_engine import derive_seed
+    from trainer.scaling import Scaling
+    from trainer.strategies import StrategyConfig, make_strategy
+
+    strategy = make_strategy("hetlora-rebase", StrategyConfig(2, 8, Scaling()))
+    initial = strategy.initial(adapted_modules(tiny_model_factory(0)), derive_seed(0, "init"))
+    store = DirectoryStore(tmp_path / "store", initial, base_model="tiny")
+    store.commit(initial, {"round": 1, "ranks": {"a": 8, "b": 4}})
+    store.commit(initial, {"round": 2, "ranks": {"a": 7}})
+    store.commit(initial, {"round": 3, "ranks": {"b": 4, "c": 2}})
+    assert pruned_ranks(DirectoryStore(tmp_path / "store")) == {"a": 7, "b": 4, "c": 2}
