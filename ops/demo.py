@@ -109,15 +109,19 @@ def main() -> int:
         run(["ca", "init", "--dir", str(pki)], env)
         print("2/5 starting enrollment and aggregator services (mTLS on loopback)", flush=True)
         serve_enrollment = ["serve", "enrollment", "--pki", str(pki), "--db", str(out / "registry.db"),
-                            "--port", "0", "--admin-port", "0", "--r-max", "16"]  # fmt: skip
+                            "--port", "0", "--admin-port", "0", "--r-max", "16", "--metrics-port", "0"]  # fmt: skip
         enroll = Proc("enrollment", serve_enrollment, env, out / "logs/enrollment.log")
         procs.append(enroll)
         ready = dict(kv.split("=") for kv in enroll.wait_for("READY", 60).split()[1:])
         agg = Proc(
-            "aggregator", ["serve", "aggregator", "--pki", str(pki), "--port", "0"], env, out / "logs/aggregator.log"
+            "aggregator",
+            ["serve", "aggregator", "--pki", str(pki), "--port", "0", "--metrics-port", "0"],
+            env,
+            out / "logs/aggregator.log",
         )
         procs.append(agg)
-        agg_port = agg.wait_for("READY", 60).split("=")[1].strip()
+        agg_ready = dict(kv.split("=") for kv in agg.wait_for("READY", 60).split()[1:])
+        agg_port = agg_ready["port"]
         print(f"3/5 enrolling {len(PROFILES)} devices with one-time tokens", flush=True)
         admin = ["admin", "--pki", str(pki), "--target", f"127.0.0.1:{ready['admin_port']}"]
         for i, (mem, gflops) in enumerate(PROFILES):
@@ -132,11 +136,21 @@ def main() -> int:
             "--store", str(out / "store"), "--aggregator", f"127.0.0.1:{agg_port}", "--port", "0",
             "--model", args.model, "--strategy", args.strategy, "--r-max", "16", "--rounds", str(args.rounds),
             "--per-round", str(args.per_round), "--overselect", "1", "--local-steps", "2", "--batch-size", "2",
-            "--stage-timeout", "120",
+            "--stage-timeout", "120", "--metrics-port", "0",
         ]  # fmt: skip
         orch = Proc("orchestrator", serve_orchestrator, env, out / "logs/orchestrator.log", loud=True)
         procs.append(orch)
-        orch_port = orch.wait_for("READY", 120).split("=")[1].strip()
+        orch_ready = dict(kv.split("=") for kv in orch.wait_for("READY", 120).split()[1:])
+        orch_port = orch_ready["port"]
+        metrics = {
+            n: r["metrics_port"]
+            for n, r in (("enrollment", ready), ("aggregator", agg_ready), ("orchestrator", orch_ready))
+        }
+        print(
+            "    Prometheus metrics while it runs: "
+            + ", ".join(f"{n} http://127.0.0.1:{p}/metrics" for n, p in metrics.items()),
+            flush=True,
+        )
         for i in range(len(PROFILES)):
             device_run = ["device", "run", "--dir", str(out / f"device-{i}"), "--orchestrator",
                           f"127.0.0.1:{orch_port}", "--model", args.model, "--client-index", str(i)]  # fmt: skip

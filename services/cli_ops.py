@@ -38,6 +38,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     enr.add_argument("--admin-port", type=int, default=50052, help="mTLS port for admin calls (0 = any free port)")
     enr.add_argument("--r-min", type=int, default=2)
     enr.add_argument("--r-max", type=int, default=32)
+    enr.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
     enr.set_defaults(func=_serve_enrollment)
 
     agg = serve.add_parser("aggregator", help="secure aggregation (SecAgg+ over rank buckets)")
@@ -45,6 +46,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     agg.add_argument("--insecure", action="store_true", help="plaintext, for debugging only: every call is refused")
     agg.add_argument("--host", default="127.0.0.1")
     agg.add_argument("--port", type=int, default=50053, help="mTLS port (0 = any free port)")
+    agg.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
     agg.set_defaults(func=_serve_aggregator)
 
     orch = serve.add_parser("orchestrator", help="rounds: cohorts, tasks, deadlines, committed global versions")
@@ -67,6 +69,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--stage-timeout", type=float, default=120.0, help="seconds a secure-aggregation stage waits")
     orch.add_argument("--round-deadline", type=float, default=900.0, help="seconds for training plus aggregation")
     orch.add_argument("--seed", type=int, default=0)
+    orch.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
     orch.set_defaults(func=_serve_orchestrator)
 
     admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
@@ -114,7 +117,7 @@ def _serve_enrollment(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     running = start(args.pki, args.db, args.host, args.port, args.admin_port, EnrollmentPolicy(args.r_min, args.r_max))
-    print(f"READY enroll_port={running.enroll_port} admin_port={running.admin_port}", flush=True)
+    print(f"READY enroll_port={running.enroll_port} admin_port={running.admin_port}{_metrics(args)}", flush=True)
     _wait_for_signal()
     running.stop(grace=2.0)
     return 0
@@ -127,7 +130,7 @@ def _serve_aggregator(args: argparse.Namespace) -> int:
         raise ValueError("give --pki DIR for mTLS, or --insecure to serve plaintext (debugging only)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     running = start(None if args.insecure else args.pki, args.host, args.port)
-    print(f"READY port={running.port}", flush=True)
+    print(f"READY port={running.port}{_metrics(args)}", flush=True)
     _wait_for_signal()
     running.stop(grace=2.0)
     return 0
@@ -158,7 +161,7 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
     )
     shapes = adapted_modules(load_base_model(args.model))
     running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port)
-    print(f"READY port={running.port}", flush=True)
+    print(f"READY port={running.port}{_metrics(args)}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -210,6 +213,15 @@ def _device_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
     return 0
+
+
+def _metrics(args: argparse.Namespace) -> str:
+    """Start the /metrics endpoint when asked; the READY line then names its port."""
+    if args.metrics_port < 0:
+        return ""
+    from services.metrics import serve_metrics
+
+    return f" metrics_port={serve_metrics(args.metrics_port, args.host)}"
 
 
 def _wait_for_signal() -> None:

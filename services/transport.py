@@ -17,6 +17,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from services.metrics import MetricsInterceptor
+
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default; large tensors are streamed in chunks below it
 
 
@@ -39,13 +41,18 @@ class TlsFiles:
 
 
 def new_server(
-    workers: int = 8, max_message_bytes: int = MAX_MESSAGE_BYTES, max_send_bytes: int | None = None
+    workers: int = 8,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_send_bytes: int | None = None,
+    service: str | None = None,
 ) -> grpc.Server:
+    """A thread-pool server; with ``service`` every call is counted and timed under that name (Prometheus)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_send_bytes or max_message_bytes),
     ]
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(service)] if service else []
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options, interceptors=interceptors)
 
 
 def bind(server: grpc.Server, address: str, tls: TlsFiles | None, require_client_cert: bool = True) -> int:

@@ -10,7 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from secure_agg import AggregateResult, ConfigError, MalformedMessageError, RoundConfig, Stage
+from secure_agg import AggregateResult, ConfigError, MalformedMessageError, RoundConfig, Stage, StageListener
 from services import errors
 from services.aggregator.stage_round import StageRound
 from services.pki import Identity
@@ -29,8 +29,9 @@ class Member:
 
 
 class AggregatorHandler:
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, listener: StageListener | None = None) -> None:
         self.max_message_bytes = max_message_bytes
+        self.listener = listener
         self._rounds: dict[int, tuple[StageRound, dict[str, int]]] = {}
         self._lock = threading.Lock()
 
@@ -58,7 +59,10 @@ class AggregatorHandler:
             if live >= MAX_OPEN_ROUNDS:
                 raise errors.exhausted(f"{live} rounds are still running; finish or abort some first")
             keys = {m.client_id: m.signing_public_key for m in members}
-            self._rounds[round_id] = (StageRound(config, keys, timeout_s), {m.device_id: m.client_id for m in members})
+            self._rounds[round_id] = (
+                StageRound(config, keys, timeout_s, listener=self.listener),
+                {m.device_id: m.client_id for m in members},
+            )
         log.info("opened secure round %d: %d devices, %d rank buckets", round_id, len(members), config.layout.n_buckets)
 
     def result(self, caller: Identity, round_id: int, wait_s: float) -> AggregateResult:

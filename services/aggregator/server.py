@@ -11,6 +11,7 @@ import grpc
 from services.aggregator.handler import AggregatorHandler
 from services.aggregator.servicer import AggregatorServicer
 from services.api.hetlora.v1 import aggregator_pb2 as pb
+from services.metrics import PrometheusStageListener
 from services.transport import MAX_MESSAGE_BYTES, TlsFiles, add_servicer, bind, new_server
 
 log = logging.getLogger("hetlora.aggregator")
@@ -29,9 +30,11 @@ class RunningAggregator:
 
 def start(pki: Path | None, host: str, port: int, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> RunningAggregator:
     """``pki=None`` serves plaintext (``--insecure``): then no caller has an identity and every call is refused."""
-    handler = AggregatorHandler(max_upload_bytes)
+    handler = AggregatorHandler(max_upload_bytes, PrometheusStageListener())
     # Results carry whole bucket sums to the orchestrator: allow large responses, keep requests chunked.
-    server = new_server(workers=32, max_message_bytes=MAX_MESSAGE_BYTES, max_send_bytes=max_upload_bytes)
+    server = new_server(
+        workers=32, max_message_bytes=MAX_MESSAGE_BYTES, max_send_bytes=max_upload_bytes, service="aggregator"
+    )
     add_servicer(server, pb.DESCRIPTOR.services_by_name["AggregatorService"], AggregatorServicer(handler))
     bound = bind(server, f"{host}:{port}", TlsFiles.load(pki, "service") if pki else None)
     server.start()

@@ -25,6 +25,7 @@ from secure_agg import (
     SecAggServer,
     ShareKeys,
     Stage,
+    StageListener,
     UnmaskResponse,
 )
 from secure_agg.errors import MalformedMessageError
@@ -47,10 +48,11 @@ class StageRound:
         signing_keys: Mapping[int, bytes],
         stage_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        listener: StageListener | None = None,
     ) -> None:
         self.config = config
         self.signing_keys = dict(signing_keys)
-        self._server = SecAggServer.start(config, Ed25519Directory(self.signing_keys))
+        self._server = SecAggServer.start(config, Ed25519Directory(self.signing_keys), listener)
         self._timeout = stage_timeout_s
         self._clock = clock
         self._cond = threading.Condition()

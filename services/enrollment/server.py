@@ -39,7 +39,7 @@ def start(
     registry = DeviceRegistry(db)
     handler = EnrollmentHandler(registry, CertificateAuthority.load(pki), policy)
     tls = TlsFiles.load(pki, "service")
-    enroll_server, admin_server = new_server(), new_server()
+    enroll_server, admin_server = new_server(service="enrollment"), new_server(service="enrollment-admin")
     services = pb.DESCRIPTOR.services_by_name
     add_servicer(enroll_server, services["EnrollmentService"], EnrollmentServicer(handler))
     add_servicer(admin_server, services["DeviceAdminService"], DeviceAdminServicer(handler))

@@ -11,8 +11,9 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -53,6 +54,40 @@ class RoundSettings:
     secure: SecureSumConfig = field(default_factory=SecureSumConfig)
 
 
+class RoundListener(Protocol):
+    """Round events for monitoring (``services.metrics.PrometheusRoundListener``); counts, never device ids."""
+
+    def round_started(self, ranks: Sequence[int]) -> None: ...
+
+    def round_finished(
+        self,
+        committed: bool,
+        version: int,
+        reported: int,
+        dropped: int,
+        wall_s: float,
+        ranks_after: Sequence[int],
+        upload_bytes: int,
+    ) -> None: ...
+
+
+class NullRoundListener:
+    def round_started(self, ranks: Sequence[int]) -> None:
+        return None
+
+    def round_finished(
+        self,
+        committed: bool,
+        version: int,
+        reported: int,
+        dropped: int,
+        wall_s: float,
+        ranks_after: Sequence[int],
+        upload_bytes: int,
+    ) -> None:
+        return None
+
+
 @dataclass(frozen=True)
 class Assignment:
     """What one device receives for one round (the servicer turns it into a header plus chunks)."""
@@ -91,7 +126,9 @@ class Coordinator:
         secure_sums: Callable[[RoundConfig, FixedPointCodec, float], tuple[tuple, tuple[int, ...]]],
         clock: Callable[[], float] = time.monotonic,
         first_round: int = 1,
+        listener: RoundListener | None = None,
     ) -> None:
+        self.listener: RoundListener = listener or NullRoundListener()
         self.engine, self.shapes, self.settings = engine, shapes, settings
         self._device_rank, self._open, self._sums, self._clock = device_rank, open_secure_round, secure_sums, clock
         self._cond = threading.Condition()
@@ -229,6 +266,7 @@ class Coordinator:
                 self._seen.pop(d, None)  # busy until it polls again
             self._cond.notify_all()
         log.info("round %d (id %d): cohort %s, ranks %s", index, round_id, cohort, dict(plan.ranks))
+        self.listener.round_started(list(plan.ranks.values()))
         codec = FixedPointCodec(s.secure.value_bound, 1.0, len(cohort))
         try:
             sums, survivors = self._sums(config, codec, s.round_deadline_s)
@@ -262,6 +300,9 @@ class Coordinator:
         losses = [r.train_loss for r in reports if np.isfinite(r.train_loss)]
         record.detail = f"mean train loss {np.mean(losses):.4f}" if losses else ""
         record.wall_s = self._clock() - started
+        upload = 4 * sum(r.upload_floats for r in reports)
+        after = [r.rank for r in reports]
+        self.listener.round_finished(True, outcome.version, len(survived), len(dropped), record.wall_s, after, upload)
         log.info(
             "round %d committed version %d (%d reported, %d dropped)",
             index,
@@ -279,4 +320,5 @@ class Coordinator:
         outcome = self.engine.finish(plan, [], cohort)
         self.outcomes.append(outcome)
         record.state, record.dropped, record.detail = "failed", tuple(cohort), why
+        self.listener.round_finished(False, outcome.version, 0, len(cohort), 0.0, [], 0)
         log.warning("round %d failed, version %d kept: %s", record.round_index, outcome.version, why)

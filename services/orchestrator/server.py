@@ -12,6 +12,7 @@ import grpc
 from services.aggregator.client import open_round, round_sums
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
+from services.metrics import PrometheusRoundListener
 from services.orchestrator.coordinator import Coordinator, RoundSettings
 from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
 from services.registry import DeviceRegistry
@@ -101,9 +102,10 @@ def start(
         lambda config, members, timeout: open_round(aggregator, config, members, timeout),
         lambda config, codec, deadline: round_sums(aggregator, config, codec, deadline),
         first_round=resumed + 1,
+        listener=PrometheusRoundListener(),
     )
     template = TaskTemplate(cfg.strategy, cfg.train, cfg.aggregator_target, int(cfg.rounds.round_deadline_s * 1000))
-    server = new_server(workers=64)
+    server = new_server(workers=64, service="orchestrator")
     add_servicer(
         server,
         pb.DESCRIPTOR.services_by_name["OrchestratorService"],

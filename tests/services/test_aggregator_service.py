@@ -181,3 +181,22 @@ def test_a_device_killed_at_any_stage_leaves_a_correct_sum_over_the_others(pki: 
         want, want_w = expected_sum(values, weights, levels, survivors, j)
         np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
         assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)
+
+
+def test_aggregator_process_serves_prometheus_metrics(pki: Path) -> None:
+    import urllib.request
+
+    from tests.services.processes import start_service
+
+    proc = start_service(["serve", "aggregator", "--pki", str(pki), "--port", "0", "--metrics-port", "0"])
+    try:
+        running = RunningAggregator(server=None, port=int(proc.ready["port"]), handler=None)  # type: ignore[arg-type]
+        run_round(pki, running, 41, {}, timeout_s=30)
+        url = f"http://127.0.0.1:{proc.ready['metrics_port']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        proc.stop()
+    assert 'hetlora_grpc_requests_total{code="OK",method="SubmitStage",service="aggregator"} 30.0' in text
+    assert 'hetlora_secagg_stages_total{stage="unmask"} 1.0' in text
+    assert "hetlora_secagg_bucket_cohort_devices_count 3.0" in text  # one observation per rank bucket

@@ -112,6 +112,12 @@ def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, u
 
 
 def test_two_rounds_commit_new_versions_from_masked_uploads(pki, deployment, tokenizer, tiny_model_factory) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    committed_before = sample("hetlora_rounds_total", outcome="committed")
     orchestrator, _, creds, store_dir = deployment
     stop = threading.Event()
     devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
@@ -126,6 +132,9 @@ def test_two_rounds_commit_new_versions_from_masked_uploads(pki, deployment, tok
     version, adapter = DirectoryStore(store_dir).latest()
     assert version == 2
     assert any(abs(f.B).sum() > 0 for f in adapter.factors.values())  # B starts at 0: training moved it
+    assert sample("hetlora_rounds_total", outcome="committed") - committed_before == 2  # metrics saw both rounds
+    assert sample("hetlora_global_version") == 2
+    assert sample("hetlora_grpc_requests_total", service="orchestrator", method="ReportTraining", code="OK") >= 6
     trained = [d for runs in devices["done"].values() for d in runs]
     assert len(trained) == 6 and all(d.wire is not None and d.wire.up > 0 for d in trained)
 
