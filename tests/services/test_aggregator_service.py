@@ -86,6 +86,16 @@ def expected_sum(values, weights, levels, clients, j):
     return sum(weights[c] * np.clip(values[c][sl], -4, 4) for c in inside), sum(weights[c] for c in inside)
 
 
+def assert_unmasked_sums_match(values, weights, levels, sums, survivors) -> None:
+    """Every bucket that was unmasked holds exactly the survivors' weighted sum (within quantisation)."""
+    for j, bucket in enumerate(sums):
+        if bucket.weighted_sum is None:
+            continue
+        want, want_w = expected_sum(values, weights, levels, survivors, j)
+        np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
+        assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)
+
+
 def test_round_over_grpc_returns_each_bucket_sum_over_the_devices_that_trained_it(pki: Path, aggregator) -> None:
     values, weights, levels, sums, survivors, outcome = run_round(pki, aggregator, 1, {}, timeout_s=30)
     assert survivors == tuple(range(len(RANKS)))
@@ -102,12 +112,7 @@ def test_devices_that_vanish_mid_round_are_left_out_and_the_round_still_complete
     values, weights, levels, sums, survivors, outcome = run_round(pki, aggregator, 2, drop, timeout_s=2)
     assert 1 not in survivors and 4 in survivors
     assert isinstance(outcome[1], LeftRoundError) and isinstance(outcome[4], LeftRoundError)
-    for j, bucket in enumerate(sums):
-        if bucket.weighted_sum is None:
-            continue
-        want, want_w = expected_sum(values, weights, levels, survivors, j)
-        np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
-        assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)
+    assert_unmasked_sums_match(values, weights, levels, sums, survivors)
 
 
 def code_of(call) -> grpc.StatusCode:
@@ -175,12 +180,7 @@ def test_a_device_killed_at_any_stage_leaves_a_correct_sum_over_the_others(pki: 
     assert isinstance(outcome[2], LeftRoundError)
     # A device that vanished before its masked input is not in the sum; after it, its input stays in.
     assert (2 in survivors) == (stage in (Stage.CONSISTENCY_CHECK, Stage.UNMASK))
-    for j, bucket in enumerate(sums):
-        if bucket.weighted_sum is None:
-            continue
-        want, want_w = expected_sum(values, weights, levels, survivors, j)
-        np.testing.assert_allclose(bucket.weighted_sum, want, atol=1e-3)
-        assert bucket.weight_sum == pytest.approx(want_w, abs=1e-3)
+    assert_unmasked_sums_match(values, weights, levels, sums, survivors)
 
 
 def test_aggregator_process_serves_prometheus_metrics(pki: Path) -> None:

@@ -111,6 +111,25 @@ def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, u
     return {"threads": threads, "done": done, "errors": errors}
 
 
+def serve_until_done(pki: Path, tmp_path: Path, tokenizer, tiny_model_factory, strategy: str, ranks: dict[str, int]):
+    """Deploy, let every enrolled device take part until all rounds are done, stop; returns the stopped
+    orchestrator (for its history) and the store directory."""
+    orchestrator, aggregator, creds, store_dir = deploy(pki, tmp_path, tiny_model_factory, strategy, ranks, len(ranks))
+    stop = threading.Event()
+    try:
+        devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
+        assert orchestrator.coordinator.join(timeout_s=240)
+        stop.set()
+        for t in devices["threads"]:
+            t.join(timeout=60)
+    finally:
+        stop.set()
+        orchestrator.stop(None)
+        aggregator.stop(None)
+    assert not devices["errors"], devices["errors"]
+    return orchestrator, store_dir
+
+
 def test_two_rounds_commit_new_versions_from_masked_uploads(pki, deployment, tokenizer, tiny_model_factory) -> None:
     from prometheus_client import REGISTRY
 
@@ -168,19 +187,7 @@ def test_services_and_in_process_engine_commit_the_same_adapter(pki, tmp_path, t
         snapshots.append(engine.store.latest()[1])
         weights.append(min(sum(r.num_examples for r in reports if r.rank >= j) for j in (1, 8)))
 
-    orchestrator, aggregator, creds, store_dir = deploy(pki, tmp_path, tiny_model_factory, "hetlora-delta", ranks, 3)
-    stop = threading.Event()
-    try:
-        devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
-        assert orchestrator.coordinator.join(timeout_s=240)
-        stop.set()
-        for t in devices["threads"]:
-            t.join(timeout=60)
-    finally:
-        stop.set()
-        orchestrator.stop(None)
-        aggregator.stop(None)
-    assert not devices["errors"], devices["errors"]
+    _, store_dir = serve_until_done(pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-delta", ranks)
     store = DirectoryStore(store_dir)
     assert store.latest_version() == 2
     # Round 1 starts from the same version: the only difference is fixed-point rounding, at most one ring unit
@@ -221,19 +228,7 @@ def test_flexlora_runs_through_the_services_and_matches_the_engine(
     engine.finish(plan, [run_task(strategy, model, data[c], t, TrainConfig(2, 2, 1e-3)) for c, t in tasks.items()], [])
     _, reference = engine.store.latest()
 
-    orchestrator, aggregator, creds, store_dir = deploy(pki, tmp_path, tiny_model_factory, "flexlora", ranks, 3)
-    stop = threading.Event()
-    try:
-        devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
-        assert orchestrator.coordinator.join(timeout_s=240)
-        stop.set()
-        for t in devices["threads"]:
-            t.join(timeout=60)
-    finally:
-        stop.set()
-        orchestrator.stop(None)
-        aggregator.stop(None)
-    assert not devices["errors"], devices["errors"]
+    orchestrator, store_dir = serve_until_done(pki, tmp_path, tokenizer, tiny_model_factory, "flexlora", ranks)
     assert [r.state for r in orchestrator.coordinator.history] == ["committed", "committed"]
     first = load_adapter(DirectoryStore(store_dir).path(1))
     for m in shapes:
