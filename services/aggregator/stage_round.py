@@ -8,6 +8,7 @@ protocol message to the authenticated device that sent it. Transport-free: the s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,8 @@ from secure_agg import (
 )
 from secure_agg.errors import MalformedMessageError
 from services import errors
+
+log = logging.getLogger("hetlora.aggregator")
 
 STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK)
 _PARSERS: dict[Stage, Callable[[bytes], Any]] = {
@@ -131,6 +134,14 @@ class StageRound:
                     self._cond.wait(timeout=left)
                 if self.finished:
                     return
+                missing = sorted(self._expected[stage] - self._arrived)
+                if missing:
+                    log.info(
+                        "round_id=%d %s: closed on its deadline without clients %s",
+                        self.config.round_id,
+                        stage,
+                        missing,
+                    )
                 try:
                     self._close(index, stage)
                 except AbortedError as e:

@@ -6,6 +6,7 @@ calls) happens here on plain values.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from services.pki import CertificateAuthority, Identity
 from services.registry import DeviceRecord, DeviceRegistry, check_device_id
 from trainer.ranks import DeviceProfile, TrainingCost, assign_rank
 
+log = logging.getLogger("hetlora.enrollment")  # device ids and serials only: never tokens or keys
 MAX_TOKEN_CHARS = 128
 MAX_CSR_BYTES = 8192
 MAX_MEMORY_MB = 16 * 1024 * 1024  # 16 TiB: anything larger is a unit mistake
@@ -70,6 +72,7 @@ class EnrollmentHandler:
         serial = format(cert.serial_number, "x")
         self.registry.complete_enrollment(token, device_id, serial, profile, rank, self._now())
         pem = cert.public_bytes(serialization.Encoding.PEM)
+        log.info("device=%s enrolled: rank %d, certificate serial %s", device_id, rank, serial)
         return Enrolled(device_id, pem, self.ca.certificate_pem, rank)
 
     def issue_token(self, caller: Identity, device_id: str, ttl_s: int) -> tuple[str, int]:
@@ -78,11 +81,14 @@ class EnrollmentHandler:
         ttl = ttl_s or self.policy.token_ttl_s
         if ttl > self.policy.max_token_ttl_s:
             raise errors.invalid("ttl_seconds", f"at most {self.policy.max_token_ttl_s} seconds")
-        return self.registry.issue_token(device_id, ttl, self._now())
+        issued = self.registry.issue_token(device_id, ttl, self._now())
+        log.info("device=%s invited by %s (token valid %d s)", device_id, caller.common_name, ttl)
+        return issued
 
     def revoke(self, caller: Identity, device_id: str) -> None:
         require_admin(caller)
         self.registry.revoke(check_device_id(device_id), self._now())
+        log.info("device=%s revoked by %s", device_id, caller.common_name)
 
     def devices(self, caller: Identity) -> list[DeviceRecord]:
         require_admin(caller)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import grpc
 from services.api.hetlora.v1 import enrollment_pb2 as pb
 from services.enrollment.handler import EnrollmentHandler, EnrollmentPolicy
 from services.enrollment.servicer import DeviceAdminServicer, EnrollmentServicer
+from services.metrics import record_certificate, watch_registry
 from services.pki import CertificateAuthority
 from services.registry import DeviceRegistry
 from services.transport import TlsFiles, add_servicer, bind, new_server
@@ -29,6 +31,7 @@ class RunningEnrollment:
     def stop(self, grace: float | None = None) -> None:
         self.enroll_server.stop(grace).wait()
         self.admin_server.stop(grace).wait()
+        watch_registry(None)
         self.registry.close()
 
 
@@ -39,6 +42,8 @@ def start(
     registry = DeviceRegistry(db)
     handler = EnrollmentHandler(registry, CertificateAuthority.load(pki), policy)
     tls = TlsFiles.load(pki, "service")
+    record_certificate("enrollment", tls.cert_pem)
+    watch_registry(lambda: registry.count_by_state(int(time.time())))
     enroll_server, admin_server = new_server(service="enrollment"), new_server(service="enrollment-admin")
     services = pb.DESCRIPTOR.services_by_name
     add_servicer(enroll_server, services["EnrollmentService"], EnrollmentServicer(handler))

@@ -11,15 +11,15 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import grpc
 import numpy as np
 
 from secure_agg import FixedPointCodec, RoundConfig, SecAggError, SecAggRequirements
 from services import errors
+from services.orchestrator.listeners import RoundListener, RoundListeners, RoundSummary
 from services.orchestrator.task_codec import factors_to_bytes
 from services.secure_sum import (
     DENSE_EDGES,
@@ -52,40 +52,6 @@ class RoundSettings:
     attempts_per_round: int = 4  # a round whose secure aggregation fails is re-run (backoff 2, 4, 8 s)
     requirements: SecAggRequirements = field(default_factory=lambda: SecAggRequirements(0.05, 0.2))
     secure: SecureSumConfig = field(default_factory=SecureSumConfig)
-
-
-class RoundListener(Protocol):
-    """Round events for monitoring (``services.metrics.PrometheusRoundListener``); counts, never device ids."""
-
-    def round_started(self, ranks: Sequence[int]) -> None: ...
-
-    def round_finished(
-        self,
-        committed: bool,
-        version: int,
-        reported: int,
-        dropped: int,
-        wall_s: float,
-        ranks_after: Sequence[int],
-        upload_bytes: int,
-    ) -> None: ...
-
-
-class NullRoundListener:
-    def round_started(self, ranks: Sequence[int]) -> None:
-        return None
-
-    def round_finished(
-        self,
-        committed: bool,
-        version: int,
-        reported: int,
-        dropped: int,
-        wall_s: float,
-        ranks_after: Sequence[int],
-        upload_bytes: int,
-    ) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -128,7 +94,7 @@ class Coordinator:
         first_round: int = 1,
         listener: RoundListener | None = None,
     ) -> None:
-        self.listener: RoundListener = listener or NullRoundListener()
+        self.listener: RoundListener = listener or RoundListeners()
         self.engine, self.shapes, self.settings = engine, shapes, settings
         self._device_rank, self._open, self._sums, self._clock = device_rank, open_secure_round, secure_sums, clock
         self._cond = threading.Condition()
@@ -266,7 +232,7 @@ class Coordinator:
                 self._seen.pop(d, None)  # busy until it polls again
             self._cond.notify_all()
         log.info("round %d (id %d): cohort %s, ranks %s", index, round_id, cohort, dict(plan.ranks))
-        self.listener.round_started(list(plan.ranks.values()))
+        self.listener.round_started(index, list(plan.ranks.values()))
         codec = FixedPointCodec(s.secure.value_bound, 1.0, len(cohort))
         try:
             sums, survivors = self._sums(config, codec, s.round_deadline_s)
@@ -302,7 +268,9 @@ class Coordinator:
         record.wall_s = self._clock() - started
         upload = 4 * sum(r.upload_floats for r in reports)
         after = [r.rank for r in reports]
-        self.listener.round_finished(True, outcome.version, len(survived), len(dropped), record.wall_s, after, upload)
+        self.listener.round_finished(
+            RoundSummary(True, outcome.version, len(survived), len(dropped), record.wall_s, tuple(after), upload)
+        )
         log.info(
             "round %d committed version %d (%d reported, %d dropped)",
             index,
@@ -320,5 +288,5 @@ class Coordinator:
         outcome = self.engine.finish(plan, [], cohort)
         self.outcomes.append(outcome)
         record.state, record.dropped, record.detail = "failed", tuple(cohort), why
-        self.listener.round_finished(False, outcome.version, 0, len(cohort), 0.0, [], 0)
+        self.listener.round_finished(RoundSummary(False, outcome.version, dropped=len(cohort)))
         log.warning("round %d failed, version %d kept: %s", record.round_index, outcome.version, why)

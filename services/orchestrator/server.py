@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import grpc
 from services.aggregator.client import open_round, round_sums
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
-from services.metrics import PrometheusRoundListener
+from services.metrics import PrometheusRoundListener, record_certificate
 from services.orchestrator.coordinator import Coordinator, RoundSettings
+from services.orchestrator.evaluation import VersionEvaluator
+from services.orchestrator.listeners import RoundListener, RoundListeners
 from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
 from services.registry import DeviceRegistry
 from services.settings import strategy_config
@@ -22,6 +25,7 @@ from trainer.factors import ModuleShape
 from trainer.round_engine import RoundEngine, derive_seed
 from trainer.store import DirectoryStore
 from trainer.strategies import make_strategy
+from trainer.strategies.base import GlobalAdapter
 
 log = logging.getLogger("hetlora.orchestrator")
 
@@ -42,9 +46,12 @@ class RunningOrchestrator:
     port: int
     coordinator: Coordinator
     registry: DeviceRegistry
+    evaluator: VersionEvaluator | None = None
 
     def stop(self, grace: float | None = None) -> None:
         self.coordinator.stop()
+        if self.evaluator is not None:
+            self.evaluator.stop()
         self.server.stop(grace).wait()
         self.registry.close()
 
@@ -66,14 +73,19 @@ def start(
     cfg: OrchestratorConfig,
     host: str,
     port: int,
+    score: Callable[[GlobalAdapter], float] | None = None,
 ) -> RunningOrchestrator:
-    """Resumes from the newest committed version in ``store_dir`` (a crash never loses a committed one)."""
+    """Resumes from the newest committed version in ``store_dir`` (a crash never loses a committed one).
+
+    ``score`` (held-out loss of an adapter) turns on scoring every committed version for monitoring.
+    """
     strategy = make_strategy(cfg.strategy.name, strategy_config(cfg.strategy))
     initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
     store = DirectoryStore(store_dir, initial, base_model=cfg.base_model)
     registry = DeviceRegistry(registry_db)
     engine = RoundEngine(strategy, store, {}, cfg.rounds.per_round, cfg.seed)
     tls = TlsFiles.load(pki, "service")
+    record_certificate("orchestrator", tls.cert_pem)
     aggregator = agg_rpc.AggregatorServiceStub(
         channel(cfg.aggregator_target, tls.ca_pem, tls.cert_pem, tls.key_pem, max_message_bytes=1 << 30)
     )
@@ -94,6 +106,12 @@ def start(
     resumed = (store.record(latest).get("round") or 0) if latest else 0
     if resumed:
         log.info("resuming after round %d (committed version %d)", resumed, latest)
+    metrics = PrometheusRoundListener()
+    listeners: list[RoundListener] = [metrics]
+    evaluator = VersionEvaluator(store, score, metrics.version_evaluated) if score else None
+    if evaluator is not None:
+        listeners.append(evaluator)
+        evaluator.start()
     coordinator = Coordinator(
         engine,
         shapes,
@@ -102,7 +120,7 @@ def start(
         lambda config, members, timeout: open_round(aggregator, config, members, timeout),
         lambda config, codec, deadline: round_sums(aggregator, config, codec, deadline),
         first_round=resumed + 1,
-        listener=PrometheusRoundListener(),
+        listener=RoundListeners(*listeners),
     )
     template = TaskTemplate(cfg.strategy, cfg.train, cfg.aggregator_target, int(cfg.rounds.round_deadline_s * 1000))
     server = new_server(workers=64, service="orchestrator")
@@ -115,4 +133,4 @@ def start(
     server.start()
     coordinator.start()
     log.info("orchestrator listening on %s:%d, strategy %s", host, bound, cfg.strategy.name)
-    return RunningOrchestrator(server, bound, coordinator, registry)
+    return RunningOrchestrator(server, bound, coordinator, registry, evaluator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -12,12 +13,14 @@ from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.auth import peer_identity, require_device
 from services.errors import grpc_errors
+from services.metrics import DOWNLOAD_BYTES
 from services.orchestrator.coordinator import Coordinator
 from services.orchestrator.task_codec import chunks
 from services.registry import DeviceRegistry
 from trainer.device import Report
 
 MAX_WAIT_S = 60.0
+log = logging.getLogger("hetlora.orchestrator")
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,12 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             ),
             factors_bytes=len(task.factors),
         )
+        log.info(
+            "round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, len(task.factors)
+        )
         for i, part in enumerate(chunks(task.factors)):
             yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)
+            DOWNLOAD_BYTES.inc(len(part))
 
     @grpc_errors
     def ReportTraining(
@@ -78,6 +85,14 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             declared_upload_floats=request.upload_floats,
         )
         self.coordinator.report(device, request.round_id, report)
+        log.info(
+            "round_id=%d device=%s: reported rank %d->%d, %d examples",
+            request.round_id,
+            device,
+            request.rank_before,
+            request.rank_after,
+            request.num_examples,
+        )
         return pb.ReportTrainingResponse()
 
     @grpc_errors

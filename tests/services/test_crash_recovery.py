@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import socket
-import threading
 from pathlib import Path
 
-import grpc
 import pytest
 
 from services.aggregator.server import start as start_aggregator
-from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
-from services.device.secure_upload import LeftRoundError
 from services.settings import strategy_settings
+from tests.services.device_threads import start_devices
 from tests.services.processes import start_service
-from tests.services.test_round_services import device_data, enroll_all
+from tests.services.test_round_services import enroll_all
 from trainer.store import DirectoryStore
 
 pytestmark = pytest.mark.timeout(400)
@@ -41,35 +38,7 @@ def test_orchestrator_killed_mid_run_keeps_committed_versions_and_resumes(
         "--local-steps", "2", "--batch-size", "2", "--stage-timeout", "10", "--round-deadline", "60",
     ]  # fmt: skip
     first = start_service(serve)
-    stop = threading.Event()
-    ca_pem = (pki / "ca.crt").read_bytes()
-    models = {n: tiny_model_factory(0) for n in DEVICES}
-    failures: list[BaseException] = []
-
-    def device(name: str, data) -> None:
-        cert, key = creds[name]
-        agent = DeviceAgent.connect(f"127.0.0.1:{port}", ca_pem, cert, key, models[name], data)
-        for _ in range(200):  # bounded; each attempt waits at most a few seconds
-            if stop.is_set():
-                return
-            try:
-                agent.run_round(wait_s=2.0)
-            except (LeftRoundError, TimeoutError):
-                continue
-            except grpc.RpcError as e:
-                if all_rounds_finished(e):
-                    return
-                if e.code() not in RETRYABLE:
-                    failures.append(e)
-                    return
-                stop.wait(0.5)  # back off while the orchestrator restarts (as `hetlora device run` does)
-            except BaseException as e:
-                failures.append(e)
-                return
-
-    threads = [threading.Thread(target=device, args=(c.client_id, c)) for c in device_data(tokenizer, list(DEVICES))]
-    for t in threads:
-        t.start()
+    devices = start_devices(f"127.0.0.1:{port}", pki, creds, tokenizer, tiny_model_factory)
     try:
         first.wait_for("committed version 1", timeout=120)
         first.proc.kill()  # SIGKILL: no cleanup, possibly in the middle of round 2
@@ -83,11 +52,9 @@ def test_orchestrator_killed_mid_run_keeps_committed_versions_and_resumes(
         finally:
             second.stop()
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        devices.finish()
         aggregator.stop(None)
-    assert not failures, failures
+    assert not devices.failures, devices.failures
     final = DirectoryStore(store)
     assert done.strip() == f"DONE version={final.latest_version()}" and final.latest_version() == 3
     assert [final.record(v)["round"] for v in (1, 2, 3)] == [1, 2, 3]  # no round lost or run twice
@@ -116,28 +83,7 @@ def test_aggregator_killed_mid_round_fails_that_attempt_and_the_round_is_re_run(
         aggregator_target=f"127.0.0.1:{agg_port}",
     )
     orchestrator = start_orchestrator(pki, db, store, adapted_modules(tiny_model_factory(0)), cfg, "127.0.0.1", 0)
-    stop = threading.Event()
-    ca_pem = (pki / "ca.crt").read_bytes()
-    models = {n: tiny_model_factory(0) for n in DEVICES}
-
-    def device(name: str, data) -> None:
-        cert, key = creds[name]
-        agent = DeviceAgent.connect(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data)
-        for _ in range(200):
-            if stop.is_set():
-                return
-            try:
-                agent.run_round(wait_s=2.0)
-            except (LeftRoundError, TimeoutError):
-                continue
-            except grpc.RpcError as e:
-                if all_rounds_finished(e) or e.code() not in RETRYABLE:
-                    return
-                stop.wait(0.5)
-
-    threads = [threading.Thread(target=device, args=(c.client_id, c)) for c in device_data(tokenizer, list(DEVICES))]
-    for t in threads:
-        t.start()
+    devices = start_devices(f"127.0.0.1:{orchestrator.port}", pki, creds, tokenizer, tiny_model_factory)
     try:
         aggregator.wait_for("opened secure round", timeout=120)
         aggregator.proc.kill()  # SIGKILL while the first round's secure aggregation is open
@@ -148,9 +94,7 @@ def test_aggregator_killed_mid_round_fails_that_attempt_and_the_round_is_re_run(
         finally:
             restarted.stop()
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+        devices.finish()
         orchestrator.stop(None)
     history = orchestrator.coordinator.history
     assert history[0].state == "failed" and "secure" in history[0].detail  # the attempt the kill interrupted
