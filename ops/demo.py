@@ -44,7 +44,7 @@ class Proc:
         for line in self.proc.stdout:
             self.log.write(line)
             self.log.flush()
-            if loud and ("committed version" in line or ("round " in line and "failed" in line)):
+            if loud and any(k in line for k in ("committed version", "held-out loss", "failed")):
                 print(f"  [{self.name}] {line.split(' INFO ')[-1].strip()}", flush=True)
             self.lines.put(line)
         self.lines.put(None)
@@ -136,7 +136,8 @@ def main() -> int:
             "--store", str(out / "store"), "--aggregator", f"127.0.0.1:{agg_port}", "--port", "0",
             "--model", args.model, "--strategy", args.strategy, "--r-max", "16", "--rounds", str(args.rounds),
             "--per-round", str(args.per_round), "--overselect", "1", "--local-steps", "2", "--batch-size", "2",
-            "--stage-timeout", "120", "--metrics-port", "0",
+            "--stage-timeout", "120", "--metrics-port", "0", "--eval-corpus", "chitchat", "--eval-clients",
+            str(len(PROFILES)),
         ]  # fmt: skip
         orch = Proc("orchestrator", serve_orchestrator, env, out / "logs/orchestrator.log", loud=True)
         procs.append(orch)
