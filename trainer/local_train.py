@@ -7,6 +7,8 @@ shrinks to ⌊γ r⌋ when it went down (spec §5.1b step 3).
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from trainer.data.types import TokenBlocks
 from trainer.factors import LoraFactors, ModuleFactors
 from trainer.peft_bridge import live_factors, lora_attached, read_factors
+from trainer.privacy.dp_sgd import per_example_loss, poisson_batches, private_training
 from trainer.pruning import PruneConfig, pruned_rank, tail_score, tail_start
 from trainer.scaling import Scaling
 
@@ -31,6 +34,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"invalid training config {self}")
+
+
+@dataclass(frozen=True)
+class PrivateSteps:
+    """This round's DP-SGD settings, resolved by the device from its ``ExampleDP`` and its data size."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float  # each block's chance of being in a step's batch: batch_size / blocks
+    # Sampling and noise must be unpredictable to the server (the task seed is not): fresh OS entropy unless a
+    # test pins it. A server that knew the noise could subtract it.
+    entropy: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,34 +89,43 @@ def train_local(
     cfg: TrainConfig,
     prune: PruneConfig | None,
     seed: int,
+    private: PrivateSteps | None = None,
+    batches: list[np.ndarray] | None = None,
 ) -> LocalResult:
-    """Train a rank-``rank`` LoRA starting from ``received``; returns factors truncated to the new rank."""
-    device = next(model.parameters()).device
+    """Train a rank-``rank`` LoRA starting from ``received``; returns factors truncated to the new rank.
+
+    With ``private`` the steps are DP-SGD on Poisson-sampled batches; ``batches`` overrides the sampling
+    (tests compare the two paths on the same batches).
+    """
     torch.manual_seed(seed)
+    dp_seed = (private.entropy if private.entropy is not None else secrets.randbits(63)) if private else seed
     penalise = prune is not None and prune.active and prune.lam > 0
     tau = tail_start(rank, prune.gamma) if prune is not None else rank
-    losses: list[float] = []
+    if batches is None:
+        batches = (
+            poisson_batches(len(blocks), private.sample_rate, cfg.steps, dp_seed)
+            if private is not None
+            else batch_schedule(len(blocks), cfg.steps, cfg.batch_size, seed)
+        )
     with lora_attached(model, received, rank, scaling) as peft_model:
         peft_model.train()
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         live = live_factors(peft_model)
-        for idx in batch_schedule(len(blocks), cfg.steps, cfg.batch_size, seed):
-            batch = blocks.select(idx.tolist())
-            out = peft_model(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                labels=batch.labels.to(device),
-            )
-            loss = out.loss
-            if penalise:
-                assert prune is not None
-                penalty = sum(tail_score(B, A, tau, prune.form) for B, A in live.values())
-                loss = loss + prune.lam * penalty
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(out.loss.detach()))
+        penalty: Callable[[], torch.Tensor] | None = None
+        if penalise:
+            assert prune is not None
+            lam, form = prune.lam, prune.form
+
+            def tail_penalty() -> torch.Tensor:
+                """λ·Σ ||B_tail||·||A_tail|| on the live parameters (the device's data plays no part)."""
+                return lam * torch.stack([tail_score(B, A, tau, form) for B, A in live.values()]).sum()
+
+            penalty = tail_penalty
+        if private is None:
+            losses = _plain_steps(peft_model, blocks, batches, optimizer, penalty)
+        else:
+            losses = _private_steps(peft_model, blocks, batches, optimizer, penalty, private, dp_seed)
         peft_model.eval()
         trained = read_factors(peft_model)
     tail_before = tail_after = 0.0
@@ -112,4 +136,54 @@ def train_local(
         new_rank = pruned_rank(rank, tail_before, tail_after, prune)
     if new_rank < rank:
         trained = {m: LoraFactors(f.B[:, :new_rank].copy(), f.A[:new_rank].copy()) for m, f in trained.items()}
-    return LocalResult(trained, new_rank, float(np.mean(losses)), tail_before, tail_after)
+    mean_loss = float(np.mean(losses)) if losses else float("nan")
+    return LocalResult(trained, new_rank, mean_loss, tail_before, tail_after)
+
+
+def _inputs(model: torch.nn.Module, blocks: TokenBlocks, idx: np.ndarray) -> tuple[dict, torch.Tensor]:
+    device = next(model.parameters()).device
+    batch = blocks.select(idx.tolist())
+    inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device)}
+    return inputs, batch.labels.to(device)
+
+
+def _plain_steps(
+    model: torch.nn.Module,
+    blocks: TokenBlocks,
+    batches: list[np.ndarray],
+    optimizer: torch.optim.Optimizer,
+    penalty: Callable[[], torch.Tensor] | None,
+) -> list[float]:
+    losses = []
+    for idx in batches:
+        inputs, labels = _inputs(model, blocks, idx)
+        out = model(**inputs, labels=labels)
+        loss = out.loss if penalty is None else out.loss + penalty()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(out.loss.detach()))
+    return losses
+
+
+def _private_steps(
+    model: torch.nn.Module,
+    blocks: TokenBlocks,
+    batches: list[np.ndarray],
+    optimizer: torch.optim.Optimizer,
+    penalty: Callable[[], torch.Tensor] | None,
+    private: PrivateSteps,
+    seed: int,
+) -> list[float]:
+    losses = []
+    expected = private.sample_rate * len(blocks)
+    with private_training(model, optimizer, private.noise_multiplier, private.max_grad_norm, expected, seed) as dp:
+        for idx in batches:
+            if len(idx) == 0:
+                dp.step(None, penalty)
+                continue
+            inputs, labels = _inputs(model, blocks, idx)
+            loss = per_example_loss(dp.model(**inputs).logits, labels).mean()
+            dp.step(loss, penalty)
+            losses.append(float(loss.detach()))
+    return losses
