@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.cli_ops import add_ops_commands
+from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.scaling import SCALING_MODES, Scaling
 from trainer.strategies import strategy_names
@@ -94,12 +95,14 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-save-versions", action="store_true", help="keep versions in memory only")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    add_dp_arguments(p)
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
     from trainer.simulation import SimulationConfig, run_simulation
 
+    example_dp, user_dp = dp_settings(args)
     cfg = SimulationConfig(
         strategies=args.strategy,
         model=args.model,
@@ -124,6 +127,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         save_versions=not args.no_save_versions,
+        example_dp=example_dp,
+        user_dp=user_dp,
     )
     records = run_simulation(cfg, out=args.out)
     finals = {r["strategy"]: r for r in records if r["round"] == cfg.rounds}

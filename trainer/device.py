@@ -13,6 +13,7 @@ import torch
 from trainer.data.types import ClientDataset
 from trainer.factors import ModuleFactors
 from trainer.local_train import TrainConfig, train_local
+from trainer.privacy.device_side import DevicePrivacy, ExampleSpend, plan_private_steps, private_update, record_spend
 from trainer.strategies.base import Contribution, Strategy
 
 
@@ -25,6 +26,7 @@ class Task:
     rank: int
     factors: ModuleFactors
     seed: int
+    component_cohorts: tuple[int, ...] = ()  # devices planned per rank component (distributed DP noise shares)
 
 
 @dataclass(frozen=True)
@@ -38,15 +40,37 @@ class Report:
     train_loss: float
     num_examples: int
     declared_upload_floats: int = 0
+    example_privacy: ExampleSpend | None = None  # example-level DP spent so far by this device
 
     @property
     def upload_floats(self) -> int:
         return self.contribution.upload_floats() if self.contribution else self.declared_upload_floats
 
 
-def run_task(strategy: Strategy, model: torch.nn.Module, data: ClientDataset, task: Task, train: TrainConfig) -> Report:
+def run_task(
+    strategy: Strategy,
+    model: torch.nn.Module,
+    data: ClientDataset,
+    task: Task,
+    train: TrainConfig,
+    privacy: DevicePrivacy | None = None,
+) -> Report:
+    """Train, then build the upload; with ``privacy``, DP-SGD and/or a clipped (noised) update."""
+    privacy = privacy or DevicePrivacy()
+    steps = plan_private_steps(privacy, len(data.train), train.batch_size, train.steps)
     result = train_local(
-        model, data.train, task.factors, task.rank, strategy.config.scaling, train, strategy.prune, task.seed
+        model, data.train, task.factors, task.rank, strategy.config.scaling, train, strategy.prune, task.seed, steps
     )
+    spend = record_spend(privacy, steps, train.steps) if steps is not None else None
     contribution = strategy.contribution(task.factors, result.factors, data.num_train_examples)
-    return Report(data.client_id, task.rank, result.rank, contribution, result.train_loss, data.num_train_examples)
+    if privacy.user is not None:
+        contribution, _ = private_update(contribution, privacy.user, task.component_cohorts)
+    return Report(
+        data.client_id,
+        task.rank,
+        result.rank,
+        contribution,
+        result.train_loss,
+        data.num_train_examples,
+        example_privacy=spend,
+    )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trainer.device import Report, Task
+from trainer.privacy.federation import FederationPrivacy
+from trainer.privacy.user_dp import component_cohorts
 from trainer.store import VersionStore
 from trainer.strategies.base import AggregateSums, Strategy, sum_contributions
 
@@ -31,6 +33,7 @@ class RoundPlan:
     version: int
     cohort: tuple[str, ...]
     ranks: Mapping[str, int]
+    sample_rate: float = 1.0  # cohort size over the devices it was drawn from (the accountant's q)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,13 @@ class RoundEngine:
         device_ranks: Mapping[str, int],
         per_round: int,
         seed: int,
+        privacy: FederationPrivacy | None = None,
     ) -> None:
+        if privacy is not None and not strategy.uploads_update:
+            raise ValueError(
+                f"user-level DP clips each device's update, and {strategy.name!r} uploads factors, not updates: "
+                "use hetlora-rebase, hetlora-delta or hetlora-svd"
+            )
         if per_round < 1 or (device_ranks and per_round > len(device_ranks)):
             raise ValueError(f"per_round must be in [1, {len(device_ranks)}], got {per_round}")
         self.strategy = strategy
@@ -65,11 +74,16 @@ class RoundEngine:
         self.device_ranks = dict(device_ranks)
         self.per_round = per_round
         self.seed = seed
+        self.privacy = privacy
+        if privacy is not None:
+            version, _ = store.latest()
+            privacy.restore(store.record(version))  # after a restart: the ledger of the newest version
 
     def plan(self, round_index: int, available: Sequence[str] | None = None, size: int | None = None) -> RoundPlan:
         """A seeded sample of the devices; the same seed gives every strategy the same cohorts.
 
-        The services pass the devices checked in right now (``available``) and an over-selected ``size``.
+        The services pass the devices checked in right now (``available``) and an over-selected ``size``. With
+        user-level DP, a round that would pass the privacy budget is refused here, before anyone trains.
         """
         ids = sorted(self.device_ranks if available is None else available)
         k = min(size or self.per_round, len(ids))
@@ -77,14 +91,17 @@ class RoundEngine:
             raise ValueError("a cohort needs at least one device, and every device needs a rank")
         rng = np.random.default_rng(derive_seed(self.seed, "cohort", round_index))
         cohort = tuple(ids[i] for i in sorted(rng.choice(len(ids), k, replace=False)))
+        if self.privacy is not None:
+            self.privacy.check(k / len(ids))
         version, _ = self.store.latest()
         ranks = {c: self.strategy.client_rank(self.device_ranks[c]) for c in cohort}
-        return RoundPlan(round_index, version, cohort, ranks)
+        return RoundPlan(round_index, version, cohort, ranks, k / len(ids))
 
     def tasks(self, plan: RoundPlan) -> dict[str, Task]:
         """Each device's starting factors, sliced from the committed version at its rank."""
         _, current = self.store.latest()
         by_rank = {r: self.strategy.distribute(current, r) for r in sorted(set(plan.ranks.values()))}
+        cohorts = tuple(int(n) for n in self.planned_cohorts(plan)) if self.privacy is not None else ()
         return {
             c: Task(
                 plan.round,
@@ -92,9 +109,14 @@ class RoundEngine:
                 plan.ranks[c],
                 by_rank[plan.ranks[c]],
                 derive_seed(self.seed, plan.round, c),
+                cohorts,
             )
             for c in plan.cohort
         }
+
+    def planned_cohorts(self, plan: RoundPlan) -> np.ndarray:
+        """How many planned devices cover each rank component (distributed DP splits its noise by this)."""
+        return component_cohorts(plan.ranks.values(), self.strategy.global_rank)
 
     def finish(
         self,
@@ -124,7 +146,15 @@ class RoundEngine:
                 raise ValueError("reports without contributions (secure aggregation) need the securely computed sums")
             sums = sum_contributions(clear, self.strategy.global_rank)
         _, current = self.store.latest()
+        record: dict = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}
+        if self.privacy is not None:
+            sums = self.privacy.release(sums)
+            realised = component_cohorts(after.values(), self.strategy.global_rank)
+            record["privacy"] = self.privacy.charge(self.planned_cohorts(plan), realised, plan.sample_rate)
+        spent = {r.client_id: r.example_privacy.epsilon for r in reports if r.example_privacy is not None}
+        if spent:
+            record["example_privacy"] = spent
         new = self.strategy.aggregate(current, sums)
-        record = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}
         version = self.store.commit(new, record)
-        return RoundOutcome(plan.round, version, True, reported, tuple(dropped), trained, after, upload, loss)
+        privacy = {k: record[k] for k in ("privacy", "example_privacy") if k in record}
+        return RoundOutcome(plan.round, version, True, reported, tuple(dropped), trained, after, upload, loss, privacy)

@@ -24,6 +24,9 @@ from trainer.local_train import TrainConfig
 from trainer.model import load_base_model, load_tokenizer
 from trainer.peft_bridge import adapted_modules
 from trainer.plots import plot_heldout_loss
+from trainer.privacy import ExampleDP, UserDP
+from trainer.privacy.device_side import BudgetExhaustedError, DevicePrivacy
+from trainer.privacy.federation import FederationPrivacy, PrivacyBudgetExceededError
 from trainer.ranks import sample_ranks
 from trainer.round_engine import RoundEngine, derive_seed
 from trainer.scaling import Scaling
@@ -57,6 +60,8 @@ class SimulationConfig:
     device: str = "cpu"
     save_versions: bool = True
     device_eval: bool = True  # after the last round, score each device at its own rank on its own held-out data
+    example_dp: ExampleDP | None = None  # DP-SGD on every device
+    user_dp: UserDP | None = None  # DP-FedAvg across the federation
 
     def __post_init__(self) -> None:
         unknown = set(self.strategies) - set(strategy_names())
@@ -109,21 +114,32 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
             ),
         )
         initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
-        engine = RoundEngine(strategy, _store(cfg, out, name, initial), device_ranks, cfg.per_round, cfg.seed)
+        federation = FederationPrivacy(cfg.user_dp) if cfg.user_dp is not None else None
+        store = _store(cfg, out, name, initial)
+        engine = RoundEngine(strategy, store, device_ranks, cfg.per_round, cfg.seed, federation)
+        privacy = {c: DevicePrivacy(cfg.example_dp, cfg.user_dp) for c in by_id}  # ledgers persist across rounds
         records.append(_record(name, 0, 0, base_loss, {}, 0, float("nan"), 0.0, (), cumulative=0))
         records[-1]["assigned_ranks"] = dict(device_ranks)
         cumulative = 0
         for rnd in range(1, cfg.rounds + 1):
             bar.set_description(f"{name} round {rnd}/{cfg.rounds}")
             started = time.perf_counter()
-            plan = engine.plan(rnd)
+            try:
+                plan = engine.plan(rnd)
+            except PrivacyBudgetExceededError as e:
+                bar.write(f"{name}: stopped before round {rnd}: {e}")
+                bar.update(cfg.rounds - rnd + 1)
+                break
             reports, dropped = [], []
             for client_id, task in engine.tasks(plan).items():
                 rng = np.random.default_rng(derive_seed(cfg.seed, "dropout", rnd, client_id))
                 if rng.random() < cfg.dropout:
                     dropped.append(client_id)
                     continue
-                reports.append(run_task(strategy, model, by_id[client_id], task, train))
+                try:
+                    reports.append(run_task(strategy, model, by_id[client_id], task, train, privacy[client_id]))
+                except BudgetExhaustedError:
+                    dropped.append(client_id)  # the device has spent its example-level budget
             outcome = engine.finish(plan, reports, dropped)
             _, current = engine.store.latest()
             loss = evaluate_adapter(model, current, eval_sets)
@@ -144,6 +160,10 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
                 )
             )
             records[-1]["global_live_rank"] = live_rank(current)
+            if "privacy" in outcome.extra:
+                records[-1]["user_epsilon"] = outcome.extra["privacy"]["epsilon"]
+            if "example_privacy" in outcome.extra:
+                records[-1]["example_epsilon_max"] = max(outcome.extra["example_privacy"].values())
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.update()
         if cfg.device_eval:

@@ -21,6 +21,8 @@ class VersionStore(Protocol):
 
     def commit(self, adapter: GlobalAdapter, record: dict) -> int: ...
 
+    def record(self, version: int) -> dict: ...
+
 
 class MemoryStore:
     """Versions in a list; version numbers are list positions."""
@@ -31,6 +33,9 @@ class MemoryStore:
 
     def latest(self) -> tuple[int, GlobalAdapter]:
         return len(self._versions) - 1, self._versions[-1]
+
+    def record(self, version: int) -> dict:
+        return dict(self.records[version])
 
     def commit(self, adapter: GlobalAdapter, record: dict) -> int:
         self._versions.append(adapter)

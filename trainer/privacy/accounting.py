@@ -13,15 +13,14 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-
 ACCOUNTANTS = ("rdp", "prv")  # Opacus' RDP (moments) and PRV (numerical composition, tighter) accountants
 
 
 def _epsilon(accountant: str, history: list[tuple[float, float, int]], delta: float) -> float:
     if not history:
         return 0.0
+    from opacus.accountants import create_accountant  # opacus imports torch: only when ε is actually needed
+
     acc = create_accountant(accountant)
     acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
     with warnings.catch_warnings():  # PRV warns about its own numerical error bounds on every call
@@ -79,6 +78,8 @@ def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, st
     """The smallest noise multiplier whose ``steps`` runs at rate ``sample_rate`` stay within ``target_epsilon``."""
     if target_epsilon <= 0:
         raise ValueError(f"target ε must be positive, got {target_epsilon}")
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(

@@ -125,6 +125,7 @@ class Strategy(ABC):
     name: str = ""
     prune: PruneConfig | None = None
     dense_upload: bool = False  # uploads full-size products (FlexLoRA) instead of rank-bucketed factors
+    uploads_update: bool = False  # uploads its change to the factors (user-level DP clips exactly that)
 
     def __init__(self, config: StrategyConfig) -> None:
         self.config = config

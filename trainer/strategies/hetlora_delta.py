@@ -19,6 +19,7 @@ from trainer.strategies.hetlora import HetLoRA
 
 class HetLoRADelta(HetLoRA):
     name = "hetlora-delta"
+    uploads_update = True
 
     def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:
         deltas = {}
