@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.pki import init_pki, new_key_and_csr, write_private
+from trainer.privacy.options import add_dp_arguments, dp_settings
 
 T = TypeVar("T")
 
@@ -84,6 +85,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--eval-clients", type=int, default=6, help="held-out text of the corpus's first N clients")
     orch.add_argument("--eval-blocks", type=int, default=2, help="held-out blocks per client")
     orch.add_argument("--eval-seq-len", type=int, default=64)
+    add_dp_arguments(orch)
     orch.set_defaults(func=_serve_orchestrator)
 
     admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
@@ -129,7 +131,7 @@ def _serve_enrollment(args: argparse.Namespace) -> int:
     from services.enrollment.handler import EnrollmentPolicy
     from services.enrollment.server import start
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _configure_logging()
     running = start(args.pki, args.db, args.host, args.port, args.admin_port, EnrollmentPolicy(args.r_min, args.r_max))
     print(f"READY enroll_port={running.enroll_port} admin_port={running.admin_port}{_metrics(args)}", flush=True)
     _wait_for_signal()
@@ -142,7 +144,7 @@ def _serve_aggregator(args: argparse.Namespace) -> int:
 
     if (args.pki is None) == (not args.insecure):
         raise ValueError("give --pki DIR for mTLS, or --insecure to serve plaintext (debugging only)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _configure_logging()
     running = start(None if args.insecure else args.pki, args.host, args.port)
     print(f"READY port={running.port}{_metrics(args)}", flush=True)
     _wait_for_signal()
@@ -158,7 +160,8 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
     from trainer.model import load_base_model
     from trainer.peft_bridge import adapted_modules
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _configure_logging()
+    example_dp, user_dp = dp_settings(args)
     cfg = OrchestratorConfig(
         strategy=strategy_settings(args.strategy, args.r_min, args.r_max),
         train=pb.TrainSettings(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr),
@@ -172,6 +175,8 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
         aggregator_target=args.aggregator,
         seed=args.seed,
         base_model=args.model,
+        example_dp=example_dp,
+        user_dp=user_dp,
     )
     model = load_base_model(args.model)
     shapes = adapted_modules(model)
@@ -211,6 +216,7 @@ def _device_run(args: argparse.Namespace) -> int:
     from services.device.secure_upload import LeftRoundError
     from trainer.data.registry import load_federated_corpus
     from trainer.model import load_base_model, load_tokenizer
+    from trainer.privacy.device_side import BudgetExhaustedError
 
     ca, cert, key = (args.dir / n for n in ("ca.crt", "device.crt", "device.key"))
     if not all(p.exists() for p in (ca, cert, key)):
@@ -219,7 +225,13 @@ def _device_run(args: argparse.Namespace) -> int:
     me = json.loads((args.dir / "enrollment.json").read_text())["device_id"]
     data = load_federated_corpus(args.corpus, load_tokenizer(), args.client_index + 1, args.seq_len, heldout_blocks=2)
     agent = DeviceAgent.connect(
-        args.orchestrator, ca_pem, cert_pem, key_pem, load_base_model(args.model), data[args.client_index]
+        args.orchestrator,
+        ca_pem,
+        cert_pem,
+        key_pem,
+        load_base_model(args.model),
+        data[args.client_index],
+        ledger_path=args.dir / "privacy_ledger.json",
     )
     print(f"READY device={me}", flush=True)
     trained = 0
@@ -238,6 +250,9 @@ def _device_run(args: argparse.Namespace) -> int:
         except (LeftRoundError, TimeoutError) as e:
             print(f"{me}: left the round ({e}); checking in again", flush=True)
             continue
+        except BudgetExhaustedError as e:
+            print(f"{me}: {e}", flush=True)
+            return 0
         if done is not None:
             trained += 1
             status = "uploaded" if done.wire else "dropped from secure aggregation"
@@ -256,6 +271,11 @@ def _metrics(args: argparse.Namespace) -> str:
     from services.metrics import serve_metrics
 
     return f" metrics_port={serve_metrics(args.metrics_port, args.host)}"
+
+
+def _configure_logging() -> None:
+    """INFO lines to stderr; ``force``: importing opacus installs a root handler that would swallow them."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
 
 
 def _wait_for_signal() -> None:

@@ -47,6 +47,18 @@ HELDOUT_LOSS = Gauge(
 HELDOUT_VERSION = Gauge(
     "hetlora_heldout_evaluated_version", "Global version the held-out loss belongs to", registry=None
 )
+PRIVACY_EPSILON = Gauge(
+    "hetlora_privacy_epsilon",
+    "ε spent: unit=user for the federation (DP-FedAvg), unit=example for the most any device reported (DP-SGD)",
+    ["unit"],
+    registry=None,
+)
+PRIVACY_BUDGET = Gauge("hetlora_privacy_epsilon_budget", "User-level ε the orchestrator stops at", registry=None)
+PRIVACY_SIGMA = Gauge(
+    "hetlora_privacy_effective_noise_multiplier",
+    "Noise multiplier the newest round's released sums carried (after dropouts, in distributed mode)",
+    registry=None,
+)
 CERT_EXPIRY = Gauge(
     "hetlora_certificate_expiry_timestamp_seconds", "Unix time the service's TLS certificate expires", ["service"]
 )
@@ -88,6 +100,9 @@ STAGE_ORDER = {s: i + 1 for i, s in enumerate(list(Stage)[:5])}
 # would mislead); the gRPC, certificate and process metrics are everyone's.
 OWNED: dict[str, tuple[Collector, ...]] = {
     "orchestrator": (
+        PRIVACY_EPSILON,
+        PRIVACY_BUDGET,
+        PRIVACY_SIGMA,
         ROUNDS,
         ROUND_SECONDS,
         ROUND_DEVICES,
@@ -269,6 +284,18 @@ class PrometheusRoundListener:
         for rank in summary.ranks_after:
             PRUNED_RANK.observe(rank)
         UPLOAD_BYTES.inc(summary.upload_bytes)
+        user = summary.privacy.get("privacy")
+        if user:
+            PRIVACY_EPSILON.labels("user").set(user["epsilon"])
+            PRIVACY_SIGMA.set(user["effective_noise_multiplier"])
+        example = summary.privacy.get("example_privacy")
+        if example:
+            PRIVACY_EPSILON.labels("example").set(max(example.values()))
+
+    def privacy_configured(self, budget: float, spent: float) -> None:
+        """At start (and after a restart): the user-level budget and what the restored ledger has spent."""
+        PRIVACY_BUDGET.set(budget)
+        PRIVACY_EPSILON.labels("user").set(spent)
 
     def version_evaluated(self, version: int, loss: float) -> None:
         HELDOUT_LOSS.set(loss)

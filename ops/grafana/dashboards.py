@@ -244,6 +244,35 @@ def rounds_dashboard() -> Dashboard:
             ),
             8,
         ),
+        lay.row("Privacy"),
+        lay.place(
+            series(
+                "ε spent (user-level)",
+                "DP-FedAvg: what the global model reveals about one device's whole participation, against the "
+                "budget at which the orchestrator stops (δ and accountant in each version's record)",
+                [
+                    q('max(hetlora_privacy_epsilon{unit="user"})', "spent"),
+                    q("max(hetlora_privacy_epsilon_budget)", "budget", ref="B"),
+                ],
+            ),
+            8,
+        ),
+        lay.place(
+            series(
+                "ε spent (example-level, worst device)",
+                "DP-SGD on the devices: the largest ε any device reported (a different claim from user-level)",
+                [q('max(hetlora_privacy_epsilon{unit="example"})', "max over devices")],
+            ),
+            8,
+        ),
+        lay.place(
+            series(
+                "Noise multiplier carried",
+                "σ the released sums actually carried: distributed noise shrinks when devices drop out",
+                [q("max(hetlora_privacy_effective_noise_multiplier)", "σ effective")],
+            ),
+            8,
+        ),
         lay.row("Traffic and errors"),
         lay.place(
             series(

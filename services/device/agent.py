@@ -7,8 +7,10 @@ rank after pruning, the training loss and the example count.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
@@ -19,6 +21,7 @@ from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.secure_upload import LeftRoundError, WireBytes, secure_upload
 from services.orchestrator.task_codec import factors_from_bytes
+from services.privacy_settings import example_dp_from, spend_message, user_dp_from
 from services.secure_sum import SecureSumConfig, encode_dense, encode_factors
 from services.settings import strategy_config
 from services.transport import channel
@@ -26,6 +29,8 @@ from trainer.data.types import ClientDataset
 from trainer.device import Task, run_task
 from trainer.local_train import TrainConfig
 from trainer.peft_bridge import adapted_modules
+from trainer.privacy import PrivacyLedger
+from trainer.privacy.device_side import DevicePrivacy
 from trainer.strategies import make_strategy
 
 MAX_TASK_BYTES = 4 << 30
@@ -65,9 +70,15 @@ class DeviceAgent:
         aggregator_for: Callable[[str], agg_rpc.AggregatorServiceStub],
         model: torch.nn.Module,
         data: ClientDataset,
+        ledger_path: Path | None = None,
     ) -> None:
         self.orchestrator, self.aggregator_for, self.model, self.data = orchestrator, aggregator_for, model, data
         self.shapes = adapted_modules(model)
+        # The device's example-level ledger: kept across rounds (and across restarts when there is a path).
+        self.ledger_path = ledger_path
+        self.ledger: PrivacyLedger | None = None
+        if ledger_path is not None and ledger_path.exists():
+            self.ledger = PrivacyLedger.from_json(json.loads(ledger_path.read_text()))
 
     @classmethod
     def connect(
@@ -78,6 +89,7 @@ class DeviceAgent:
         key_pem: bytes,
         model: torch.nn.Module,
         data: ClientDataset,
+        ledger_path: Path | None = None,
     ) -> DeviceAgent:
         """An agent whose calls to the orchestrator and to the aggregator a task names use its enrolled cert."""
 
@@ -85,7 +97,11 @@ class DeviceAgent:
             return agg_rpc.AggregatorServiceStub(channel(target, ca_pem, cert_pem, key_pem, max_message_bytes=1 << 30))
 
         return cls(
-            rpc.OrchestratorServiceStub(channel(orchestrator, ca_pem, cert_pem, key_pem)), aggregator_for, model, data
+            rpc.OrchestratorServiceStub(channel(orchestrator, ca_pem, cert_pem, key_pem)),
+            aggregator_for,
+            model,
+            data,
+            ledger_path,
         )
 
     def fetch(self, signer: Ed25519Signer, wait_s: float) -> tuple[pb.TaskHeader, bytes] | None:
@@ -121,9 +137,17 @@ class DeviceAgent:
             return None
         header, factor_bytes = fetched
         strategy = make_strategy(header.strategy.name, strategy_config(header.strategy))
-        task = Task(header.round_id, header.version, header.rank, factors_from_bytes(factor_bytes), header.seed)
+        task = Task(
+            header.round_id,
+            header.version,
+            header.rank,
+            factors_from_bytes(factor_bytes),
+            header.seed,
+            tuple(header.component_cohorts),
+        )
         train = TrainConfig(steps=header.train.steps, batch_size=header.train.batch_size, lr=header.train.lr)
-        report = run_task(strategy, self.model, self.data, task, train)
+        report = run_task(strategy, self.model, self.data, task, train, self._privacy(header))
+        self.save_ledger()  # spent once trained, whether or not the upload makes it into a sum
         assert report.contribution is not None
         sa = header.secure_agg
         edges = tuple(sa.bucket_edges)
@@ -156,9 +180,37 @@ class DeviceAgent:
                     train_loss=report.train_loss,
                     num_examples=report.num_examples,
                     upload_floats=report.upload_floats,
+                    example_privacy=spend_message(report.example_privacy) if report.example_privacy else None,
                 ),
             )
         return RoundDone(header.round_id, report.rank_before, report.rank, report.train_loss, wire)
+
+    def _privacy(self, header: pb.TaskHeader) -> DevicePrivacy:
+        """The task's DP settings with this device's own ledger (BudgetExhaustedError when it is spent)."""
+        example = example_dp_from(header.train)
+        ledger = self.ledger
+        if (
+            example is not None
+            and ledger is not None
+            and (ledger.delta, ledger.accountant)
+            != (
+                example.delta,
+                example.accountant,
+            )
+        ):
+            raise ValueError(
+                f"this device's ledger accounts at δ={ledger.delta} with {ledger.accountant}; the deployment "
+                f"now asks δ={example.delta} with {example.accountant}: its ε would not add up"
+            )
+        privacy = DevicePrivacy(example, user_dp_from(header), self.ledger)
+        self.ledger = privacy.ledger
+        return privacy
+
+    def save_ledger(self) -> None:
+        if self.ledger_path is not None and self.ledger is not None:
+            tmp = self.ledger_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.ledger.to_json()))
+            tmp.replace(self.ledger_path)
 
     def _report(self, request: pb.ReportTrainingRequest) -> None:
         """Plain metadata after the masked upload; a round the orchestrator no longer runs (it restarted) is

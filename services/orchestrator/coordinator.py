@@ -32,6 +32,7 @@ from services.secure_sum import (
 )
 from trainer.device import Report
 from trainer.factors import ModuleShape
+from trainer.privacy.federation import PrivacyBudgetExceededError
 from trainer.round_engine import RoundEngine, RoundOutcome, RoundPlan
 from trainer.strategies import AggregateSums
 
@@ -66,6 +67,7 @@ class Assignment:
     factors: bytes
     edges: tuple[int, ...]
     max_clients: int
+    component_cohorts: tuple[int, ...] = ()
 
 
 @dataclass
@@ -108,6 +110,7 @@ class Coordinator:
         self._thread = threading.Thread(target=self._run, name="rounds", daemon=True)
         self._next_id = int(time.time() * 1000) * 1000  # unique across restarts: the aggregator never reuses ids
         self._index = first_round  # the next round to run; after a restart, the one after the last committed
+        self.refusal: str | None = None  # why no more rounds run although some are left (the privacy budget)
 
     def start(self) -> None:
         self._thread.start()
@@ -125,13 +128,15 @@ class Coordinator:
 
     @property
     def finished_all(self) -> bool:
-        return self._index > self.settings.rounds
+        return self._index > self.settings.rounds or self.refusal is not None
 
     # device side ---------------------------------------------------------------------------------------
     def check_in(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
         """Mark the device available and wait for its task; DEADLINE_EXCEEDED when none came in ``wait_s``."""
         if len(signing_key) != 32:
             raise errors.invalid("signing_public_key", "must be a raw 32-byte Ed25519 public key")
+        if self.refusal is not None:
+            raise errors.precondition(f"rounds are finished early: {self.refusal}")
         if self.finished_all:
             raise errors.precondition(f"all {self.settings.rounds} rounds are finished; nothing left to train")
         if device_id not in self.engine.device_ranks:
@@ -141,11 +146,13 @@ class Coordinator:
             if device_id not in self._assigned:
                 self._seen[device_id] = (self._clock(), signing_key)
                 self._cond.notify_all()
-            while device_id not in self._assigned and not self._stop.is_set():
+            while device_id not in self._assigned and not self._stop.is_set() and self.refusal is None:
                 left = end - self._clock()
                 if left <= 0:
                     raise errors.not_yet("no task for this device yet; ask again")
                 self._cond.wait(timeout=left)
+            if device_id not in self._assigned and self.refusal is not None:
+                raise errors.precondition(f"rounds are finished early: {self.refusal}")
             if device_id not in self._assigned:
                 raise errors.unavailable("the orchestrator is shutting down")
             return self._assigned.pop(device_id)
@@ -187,6 +194,12 @@ class Coordinator:
             committed = False
             try:
                 committed = self._round(index, available)
+            except PrivacyBudgetExceededError as e:
+                self.refusal = str(e)
+                log.error("round %d refused: %s", index, e)
+                with self._cond:
+                    self._cond.notify_all()  # devices waiting for a task hear it now
+                return
             except Exception:
                 log.exception("round %d failed; the committed version is unchanged", index)
                 if self.history and self.history[-1].round_index == index:
@@ -227,7 +240,15 @@ class Coordinator:
             for d in cohort:
                 t = tasks[d]
                 self._assigned[d] = Assignment(
-                    round_id, index, t.version, t.rank, t.seed, factors_to_bytes(t.factors), edges, len(cohort)
+                    round_id,
+                    index,
+                    t.version,
+                    t.rank,
+                    t.seed,
+                    factors_to_bytes(t.factors),
+                    edges,
+                    len(cohort),
+                    t.component_cohorts,
                 )
                 self._seen.pop(d, None)  # busy until it polls again
             self._cond.notify_all()
@@ -269,7 +290,9 @@ class Coordinator:
         upload = 4 * sum(r.upload_floats for r in reports)
         after = [r.rank for r in reports]
         self.listener.round_finished(
-            RoundSummary(True, outcome.version, len(survived), len(dropped), record.wall_s, tuple(after), upload)
+            RoundSummary(
+                True, outcome.version, len(survived), len(dropped), record.wall_s, tuple(after), upload, outcome.extra
+            )
         )
         log.info(
             "round %d committed version %d (%d reported, %d dropped)",

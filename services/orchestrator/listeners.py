@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 log = logging.getLogger("hetlora.orchestrator")
 
@@ -26,6 +26,7 @@ class RoundSummary:
     wall_s: float = 0.0
     ranks_after: tuple[int, ...] = ()  # each reporting device's rank after self-pruning
     upload_bytes: int = 0
+    privacy: dict[str, Any] = field(default_factory=dict)  # the version record's "privacy"/"example_privacy"
 
 
 class RoundListener(Protocol):

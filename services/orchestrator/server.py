@@ -18,10 +18,14 @@ from services.orchestrator.coordinator import Coordinator, RoundSettings
 from services.orchestrator.evaluation import VersionEvaluator
 from services.orchestrator.listeners import RoundListener, RoundListeners
 from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
+from services.privacy_settings import example_dp_message, user_dp_message
 from services.registry import DeviceRegistry
 from services.settings import strategy_config
 from services.transport import TlsFiles, add_servicer, bind, channel, new_server
 from trainer.factors import ModuleShape
+from trainer.privacy import ExampleDP, UserDP
+from trainer.privacy.federation import FederationPrivacy
+from trainer.privacy.user_dp import value_headroom
 from trainer.round_engine import RoundEngine, derive_seed
 from trainer.store import DirectoryStore
 from trainer.strategies import make_strategy
@@ -38,6 +42,8 @@ class OrchestratorConfig:
     aggregator_target: str
     seed: int = 0
     base_model: str = "tiny"
+    example_dp: ExampleDP | None = None
+    user_dp: UserDP | None = None
 
 
 @dataclass
@@ -83,7 +89,8 @@ def start(
     initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
     store = DirectoryStore(store_dir, initial, base_model=cfg.base_model)
     registry = DeviceRegistry(registry_db)
-    engine = RoundEngine(strategy, store, {}, cfg.rounds.per_round, cfg.seed)
+    privacy = FederationPrivacy(cfg.user_dp) if cfg.user_dp is not None else None
+    engine = RoundEngine(strategy, store, {}, cfg.rounds.per_round, cfg.seed, privacy)
     tls = TlsFiles.load(pki, "service")
     record_certificate("orchestrator", tls.cert_pem)
     aggregator = agg_rpc.AggregatorServiceStub(
@@ -100,13 +107,23 @@ def start(
 
     # Weights travel inside the masked values divided by a public bound: sparsity scores are O(1); example
     # counts (token blocks × tokens, ~1e4 per chitchat user) need room, and a device above the bound counts as it.
+    # User-level DP weighs every device 1, and its values are clipped updates plus noise shares: the value bound
+    # must leave room for 4 standard deviations of one device's share, or the codec would clip the noise.
     bound = 10.0 if cfg.strategy.name in ("hetlora", "hetlora-cov") else 1e6
-    rounds = dataclasses.replace(cfg.rounds, secure=dataclasses.replace(cfg.rounds.secure, weight_bound=bound))
+    values = cfg.rounds.secure.value_bound
+    if cfg.user_dp is not None:
+        bound = 1.0
+        share = cfg.user_dp.noise_std if cfg.user_dp.mode == "distributed" else 0.0
+        values = max(values, value_headroom(cfg.user_dp.clip_norm, share, 1))
+    secure = dataclasses.replace(cfg.rounds.secure, weight_bound=bound, value_bound=values)
+    rounds = dataclasses.replace(cfg.rounds, secure=secure)
     latest = store.latest_version()
     resumed = (store.record(latest).get("round") or 0) if latest else 0
     if resumed:
         log.info("resuming after round %d (committed version %d)", resumed, latest)
     metrics = PrometheusRoundListener()
+    if privacy is not None:
+        metrics.privacy_configured(privacy.user.epsilon_budget, privacy.spent())
     listeners: list[RoundListener] = [metrics]
     evaluator = VersionEvaluator(store, score, metrics.version_evaluated) if score else None
     if evaluator is not None:
@@ -122,7 +139,17 @@ def start(
         first_round=resumed + 1,
         listener=RoundListeners(*listeners),
     )
-    template = TaskTemplate(cfg.strategy, cfg.train, cfg.aggregator_target, int(cfg.rounds.round_deadline_s * 1000))
+    train = pb.TrainSettings()
+    train.CopyFrom(cfg.train)
+    if cfg.example_dp is not None:
+        train.example_dp.CopyFrom(example_dp_message(cfg.example_dp))
+    template = TaskTemplate(
+        cfg.strategy,
+        train,
+        cfg.aggregator_target,
+        int(cfg.rounds.round_deadline_s * 1000),
+        user_dp_message(cfg.user_dp) if cfg.user_dp is not None else None,
+    )
     server = new_server(workers=64, service="orchestrator")
     add_servicer(
         server,

@@ -16,6 +16,7 @@ from services.errors import grpc_errors
 from services.metrics import DOWNLOAD_BYTES
 from services.orchestrator.coordinator import Coordinator
 from services.orchestrator.task_codec import chunks
+from services.privacy_settings import spend_from
 from services.registry import DeviceRegistry
 from trainer.device import Report
 
@@ -31,6 +32,7 @@ class TaskTemplate:
     train: pb.TrainSettings
     aggregator_target: str
     deadline_ms: int
+    user_dp: pb.UserDpSettings | None = None
 
 
 class OrchestratorServicer(rpc.OrchestratorServiceServicer):
@@ -62,6 +64,8 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
                 deadline_ms=self.template.deadline_ms,
             ),
             factors_bytes=len(task.factors),
+            user_dp=self.template.user_dp,
+            component_cohorts=list(task.component_cohorts),
         )
         log.info(
             "round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, len(task.factors)
@@ -83,6 +87,7 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             request.train_loss,
             request.num_examples,
             declared_upload_floats=request.upload_floats,
+            example_privacy=spend_from(request),
         )
         self.coordinator.report(device, request.round_id, report)
         log.info(

@@ -157,7 +157,8 @@ def test_prometheus_scrapes_a_round_and_every_panel_and_alert_rule_has_data(
             "--strategy", "hetlora-rebase", "--r-max", "8", "--rounds", "2", "--per-round", "3", "--overselect", "1",
             "--local-steps", "2", "--batch-size", "2", "--stage-timeout", "20", "--round-deadline", "120",
             "--eval-corpus", "chitchat", "--eval-clients", "2", "--eval-blocks", "1", "--eval-seq-len", "32",
-            "--metrics-port", "0",
+            "--metrics-port", "0", "--dp-example-noise", "0.8", "--dp-user-noise", "1.0", "--dp-user-clip", "0.5",
+            "--dp-user-budget", "50",
         ]))  # fmt: skip
         orchestrator = services[2]
         targets = {

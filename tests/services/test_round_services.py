@@ -56,7 +56,17 @@ def deployment(pki: Path, tmp_path: Path, tiny_model_factory) -> Iterator[tuple]
     running[1].stop(None)
 
 
-def deploy(pki: Path, tmp_path: Path, tiny_model_factory, strategy: str, devices: dict[str, int], per_round: int):
+def deploy(
+    pki: Path,
+    tmp_path: Path,
+    tiny_model_factory,
+    strategy: str,
+    devices: dict[str, int],
+    per_round: int,
+    **config: object,
+):
+    """Enroll ``devices``, start an aggregator and an orchestrator in-process; ``config`` overrides
+    ``OrchestratorConfig`` fields (the DP settings, for example)."""
     db = tmp_path / "registry.db"
     creds = enroll_all(pki, db, devices)
     aggregator = start_aggregator(pki, "127.0.0.1", 0)
@@ -68,6 +78,7 @@ def deploy(pki: Path, tmp_path: Path, tiny_model_factory, strategy: str, devices
         ),
         aggregator_target=f"127.0.0.1:{aggregator.port}",
     )
+    cfg = dataclasses.replace(cfg, **config)  # type: ignore[arg-type]
     shapes = adapted_modules(tiny_model_factory(0))
     orchestrator = start_orchestrator(pki, db, tmp_path / "store", shapes, cfg, "127.0.0.1", 0)
     return orchestrator, aggregator, creds, tmp_path / "store"

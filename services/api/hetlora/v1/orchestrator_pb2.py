@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhetlora/v1/orchestrator.proto\x12\nhetlora.v1\"=\n\x0eGetTaskRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\"\xa3\x01\n\x10StrategySettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05r_min\x18\x02 \x01(\r\x12\r\n\x05r_max\x18\x03 \x01(\r\x12\x14\n\x0cscaling_mode\x18\x04 \x01(\t\x12\x15\n\rscaling_value\x18\x05 \x01(\x01\x12\r\n\x05gamma\x18\x06 \x01(\x01\x12\x0b\n\x03lam\x18\x07 \x01(\x01\x12\x1a\n\x12sparsity_weighting\x18\x08 \x01(\t\">\n\rTrainSettings\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\n\n\x02lr\x18\x03 \x01(\x01\"\x99\x01\n\x11SecureAggSettings\x12\x19\n\x11\x61ggregator_target\x18\x01 \x01(\t\x12\x14\n\x0c\x62ucket_edges\x18\x02 \x03(\r\x12\x13\n\x0bvalue_bound\x18\x03 \x01(\x01\x12\x14\n\x0cweight_bound\x18\x04 \x01(\x01\x12\x13\n\x0bmax_clients\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\"\xef\x01\n\nTaskHeader\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12.\n\x08strategy\x18\x05 \x01(\x0b\x32\x1c.hetlora.v1.StrategySettings\x12(\n\x05train\x18\x06 \x01(\x0b\x32\x19.hetlora.v1.TrainSettings\x12\x31\n\nsecure_agg\x18\x07 \x01(\x0b\x32\x1d.hetlora.v1.SecureAggSettings\x12\x15\n\rfactors_bytes\x18\x08 \x01(\x04\"P\n\x0fGetTaskResponse\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.hetlora.v1.TaskHeader\x12\x15\n\rfactors_chunk\x18\x02 \x01(\x0c\"\x93\x01\n\x15ReportTrainingRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x13\n\x0brank_before\x18\x02 \x01(\r\x12\x12\n\nrank_after\x18\x03 \x01(\r\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x15\n\rupload_floats\x18\x06 \x01(\x04\"\x18\n\x16ReportTrainingResponse\"\x12\n\x10GetStatusRequest\"\x82\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06\x63ohort\x18\x04 \x03(\t\x12\x10\n\x08reported\x18\x05 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"p\n\x11GetStatusResponse\x12\x19\n\x11\x63ommitted_version\x18\x01 \x01(\r\x12\'\n\x06rounds\x18\x02 \x03(\x0b\x32\x17.hetlora.v1.RoundStatus\x12\x17\n\x0f\x64\x65vices_waiting\x18\x03 \x01(\r2\xfe\x01\n\x13OrchestratorService\x12\x44\n\x07GetTask\x12\x1a.hetlora.v1.GetTaskRequest\x1a\x1b.hetlora.v1.GetTaskResponse0\x01\x12W\n\x0eReportTraining\x12!.hetlora.v1.ReportTrainingRequest\x1a\".hetlora.v1.ReportTrainingResponse\x12H\n\tGetStatus\x12\x1c.hetlora.v1.GetStatusRequest\x1a\x1d.hetlora.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhetlora/v1/orchestrator.proto\x12\nhetlora.v1\"=\n\x0eGetTaskRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\"\xa3\x01\n\x10StrategySettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05r_min\x18\x02 \x01(\r\x12\r\n\x05r_max\x18\x03 \x01(\r\x12\x14\n\x0cscaling_mode\x18\x04 \x01(\t\x12\x15\n\rscaling_value\x18\x05 \x01(\x01\x12\r\n\x05gamma\x18\x06 \x01(\x01\x12\x0b\n\x03lam\x18\x07 \x01(\x01\x12\x1a\n\x12sparsity_weighting\x18\x08 \x01(\t\"q\n\rTrainSettings\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x31\n\nexample_dp\x18\x04 \x01(\x0b\x32\x1d.hetlora.v1.ExampleDpSettings\"\xc9\x01\n\x11\x45xampleDpSettings\x12\x1d\n\x10noise_multiplier\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0etarget_epsilon\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x12\n\naccountant\x18\x05 \x01(\t\x12\x16\n\x0erounds_horizon\x18\x06 \x01(\rB\x13\n\x11_noise_multiplierB\x11\n\x0f_target_epsilon\"Z\n\x0eUserDpSettings\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\"\x99\x01\n\x11SecureAggSettings\x12\x19\n\x11\x61ggregator_target\x18\x01 \x01(\t\x12\x14\n\x0c\x62ucket_edges\x18\x02 \x03(\r\x12\x13\n\x0bvalue_bound\x18\x03 \x01(\x01\x12\x14\n\x0cweight_bound\x18\x04 \x01(\x01\x12\x13\n\x0bmax_clients\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\"\xb7\x02\n\nTaskHeader\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12.\n\x08strategy\x18\x05 \x01(\x0b\x32\x1c.hetlora.v1.StrategySettings\x12(\n\x05train\x18\x06 \x01(\x0b\x32\x19.hetlora.v1.TrainSettings\x12\x31\n\nsecure_agg\x18\x07 \x01(\x0b\x32\x1d.hetlora.v1.SecureAggSettings\x12\x15\n\rfactors_bytes\x18\x08 \x01(\x04\x12+\n\x07user_dp\x18\t \x01(\x0b\x32\x1a.hetlora.v1.UserDpSettings\x12\x19\n\x11\x63omponent_cohorts\x18\n \x03(\r\"P\n\x0fGetTaskResponse\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.hetlora.v1.TaskHeader\x12\x15\n\rfactors_chunk\x18\x02 \x01(\x0c\"\xcd\x01\n\x15ReportTrainingRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x13\n\x0brank_before\x18\x02 \x01(\r\x12\x12\n\nrank_after\x18\x03 \x01(\r\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x15\n\rupload_floats\x18\x06 \x01(\x04\x12\x38\n\x0f\x65xample_privacy\x18\x07 \x01(\x0b\x32\x1f.hetlora.v1.ExamplePrivacySpent\"\x87\x01\n\x13\x45xamplePrivacySpent\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x12\n\naccountant\x18\x03 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\"\x18\n\x16ReportTrainingResponse\"\x12\n\x10GetStatusRequest\"\x82\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06\x63ohort\x18\x04 \x03(\t\x12\x10\n\x08reported\x18\x05 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"p\n\x11GetStatusResponse\x12\x19\n\x11\x63ommitted_version\x18\x01 \x01(\r\x12\'\n\x06rounds\x18\x02 \x03(\x0b\x32\x17.hetlora.v1.RoundStatus\x12\x17\n\x0f\x64\x65vices_waiting\x18\x03 \x01(\r2\xfe\x01\n\x13OrchestratorService\x12\x44\n\x07GetTask\x12\x1a.hetlora.v1.GetTaskRequest\x1a\x1b.hetlora.v1.GetTaskResponse0\x01\x12W\n\x0eReportTraining\x12!.hetlora.v1.ReportTrainingRequest\x1a\".hetlora.v1.ReportTrainingResponse\x12H\n\tGetStatus\x12\x1c.hetlora.v1.GetStatusRequest\x1a\x1d.hetlora.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,23 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STRATEGYSETTINGS']._serialized_start=109
   _globals['_STRATEGYSETTINGS']._serialized_end=272
   _globals['_TRAINSETTINGS']._serialized_start=274
-  _globals['_TRAINSETTINGS']._serialized_end=336
-  _globals['_SECUREAGGSETTINGS']._serialized_start=339
-  _globals['_SECUREAGGSETTINGS']._serialized_end=492
-  _globals['_TASKHEADER']._serialized_start=495
-  _globals['_TASKHEADER']._serialized_end=734
-  _globals['_GETTASKRESPONSE']._serialized_start=736
-  _globals['_GETTASKRESPONSE']._serialized_end=816
-  _globals['_REPORTTRAININGREQUEST']._serialized_start=819
-  _globals['_REPORTTRAININGREQUEST']._serialized_end=966
-  _globals['_REPORTTRAININGRESPONSE']._serialized_start=968
-  _globals['_REPORTTRAININGRESPONSE']._serialized_end=992
-  _globals['_GETSTATUSREQUEST']._serialized_start=994
-  _globals['_GETSTATUSREQUEST']._serialized_end=1012
-  _globals['_ROUNDSTATUS']._serialized_start=1015
-  _globals['_ROUNDSTATUS']._serialized_end=1145
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1147
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1259
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=1262
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=1516
+  _globals['_TRAINSETTINGS']._serialized_end=387
+  _globals['_EXAMPLEDPSETTINGS']._serialized_start=390
+  _globals['_EXAMPLEDPSETTINGS']._serialized_end=591
+  _globals['_USERDPSETTINGS']._serialized_start=593
+  _globals['_USERDPSETTINGS']._serialized_end=683
+  _globals['_SECUREAGGSETTINGS']._serialized_start=686
+  _globals['_SECUREAGGSETTINGS']._serialized_end=839
+  _globals['_TASKHEADER']._serialized_start=842
+  _globals['_TASKHEADER']._serialized_end=1153
+  _globals['_GETTASKRESPONSE']._serialized_start=1155
+  _globals['_GETTASKRESPONSE']._serialized_end=1235
+  _globals['_REPORTTRAININGREQUEST']._serialized_start=1238
+  _globals['_REPORTTRAININGREQUEST']._serialized_end=1443
+  _globals['_EXAMPLEPRIVACYSPENT']._serialized_start=1446
+  _globals['_EXAMPLEPRIVACYSPENT']._serialized_end=1581
+  _globals['_REPORTTRAININGRESPONSE']._serialized_start=1583
+  _globals['_REPORTTRAININGRESPONSE']._serialized_end=1607
+  _globals['_GETSTATUSREQUEST']._serialized_start=1609
+  _globals['_GETSTATUSREQUEST']._serialized_end=1627
+  _globals['_ROUNDSTATUS']._serialized_start=1630
+  _globals['_ROUNDSTATUS']._serialized_end=1760
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1762
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1874
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=1877
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=2131
 # @@protoc_insertion_point(module_scope)

@@ -88,23 +88,107 @@ class TrainSettings(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     LR_FIELD_NUMBER: _builtins.int
+    EXAMPLE_DP_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     batch_size: _builtins.int
     lr: _builtins.float
+    @_builtins.property
+    def example_dp(self) -> Global___ExampleDpSettings:
+        """Example-level DP-SGD on the device; absent: plain training."""
+
     def __init__(
         self,
         *,
         steps: _builtins.int = ...,
         batch_size: _builtins.int = ...,
         lr: _builtins.float = ...,
+        example_dp: Global___ExampleDpSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["example_dp", b"example_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "lr", b"lr", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "example_dp", b"example_dp", "lr", b"lr", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrainSettings: _TypeAlias = TrainSettings  # noqa: Y015
+
+@_typing.final
+class ExampleDpSettings(_message.Message):
+    """DP-SGD (Opacus) on the LoRA parameters. Exactly one of noise_multiplier and target_epsilon is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    TARGET_EPSILON_FIELD_NUMBER: _builtins.int
+    MAX_GRAD_NORM_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    ROUNDS_HORIZON_FIELD_NUMBER: _builtins.int
+    noise_multiplier: _builtins.float
+    target_epsilon: _builtins.float
+    """Each device's target epsilon over rounds_horizon participations."""
+    max_grad_norm: _builtins.float
+    delta: _builtins.float
+    accountant: _builtins.str
+    """"prv" or "rdp"."""
+    rounds_horizon: _builtins.int
+    def __init__(
+        self,
+        *,
+        noise_multiplier: _builtins.float | None = ...,
+        target_epsilon: _builtins.float | None = ...,
+        max_grad_norm: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        accountant: _builtins.str = ...,
+        rounds_horizon: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_noise_multiplier", b"_noise_multiplier", "_target_epsilon", b"_target_epsilon", "noise_multiplier", b"noise_multiplier", "target_epsilon", b"target_epsilon"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_noise_multiplier", b"_noise_multiplier", "_target_epsilon", b"_target_epsilon", "accountant", b"accountant", "delta", b"delta", "max_grad_norm", b"max_grad_norm", "noise_multiplier", b"noise_multiplier", "rounds_horizon", b"rounds_horizon", "target_epsilon", b"target_epsilon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__noise_multiplier: _TypeAlias = _typing.Literal["noise_multiplier"]  # noqa: Y015
+    _WhichOneofArgType__noise_multiplier: _TypeAlias = _typing.Literal["_noise_multiplier", b"_noise_multiplier"]  # noqa: Y015
+    _WhichOneofReturnType__target_epsilon: _TypeAlias = _typing.Literal["target_epsilon"]  # noqa: Y015
+    _WhichOneofArgType__target_epsilon: _TypeAlias = _typing.Literal["_target_epsilon", b"_target_epsilon"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__noise_multiplier) -> _WhichOneofReturnType__noise_multiplier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target_epsilon) -> _WhichOneofReturnType__target_epsilon | None: ...
+
+Global___ExampleDpSettings: _TypeAlias = ExampleDpSettings  # noqa: Y015
+
+@_typing.final
+class UserDpSettings(_message.Message):
+    """User-level DP-FedAvg: the device clips its update to clip_norm and, in distributed mode, adds its share
+    of the noise before masking.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIP_NORM_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    clip_norm: _builtins.float
+    noise_multiplier: _builtins.float
+    mode: _builtins.str
+    """"distributed" or "central"."""
+    delta: _builtins.float
+    def __init__(
+        self,
+        *,
+        clip_norm: _builtins.float = ...,
+        noise_multiplier: _builtins.float = ...,
+        mode: _builtins.str = ...,
+        delta: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_norm", b"clip_norm", "delta", b"delta", "mode", b"mode", "noise_multiplier", b"noise_multiplier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserDpSettings: _TypeAlias = UserDpSettings  # noqa: Y015
 
 @_typing.final
 class SecureAggSettings(_message.Message):
@@ -156,6 +240,8 @@ class TaskHeader(_message.Message):
     TRAIN_FIELD_NUMBER: _builtins.int
     SECURE_AGG_FIELD_NUMBER: _builtins.int
     FACTORS_BYTES_FIELD_NUMBER: _builtins.int
+    USER_DP_FIELD_NUMBER: _builtins.int
+    COMPONENT_COHORTS_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     version: _builtins.int
     rank: _builtins.int
@@ -168,6 +254,14 @@ class TaskHeader(_message.Message):
     def train(self) -> Global___TrainSettings: ...
     @_builtins.property
     def secure_agg(self) -> Global___SecureAggSettings: ...
+    @_builtins.property
+    def user_dp(self) -> Global___UserDpSettings:
+        """User-level DP; absent: updates go unclipped and without noise."""
+
+    @_builtins.property
+    def component_cohorts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Devices of this round's cohort covering each rank component (distributed DP splits its noise by it)."""
+
     def __init__(
         self,
         *,
@@ -179,10 +273,12 @@ class TaskHeader(_message.Message):
         train: Global___TrainSettings | None = ...,
         secure_agg: Global___SecureAggSettings | None = ...,
         factors_bytes: _builtins.int = ...,
+        user_dp: Global___UserDpSettings | None = ...,
+        component_cohorts: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["secure_agg", b"secure_agg", "strategy", b"strategy", "train", b"train"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["secure_agg", b"secure_agg", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,12 +319,17 @@ class ReportTrainingRequest(_message.Message):
     TRAIN_LOSS_FIELD_NUMBER: _builtins.int
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
     UPLOAD_FLOATS_FIELD_NUMBER: _builtins.int
+    EXAMPLE_PRIVACY_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     rank_before: _builtins.int
     rank_after: _builtins.int
     train_loss: _builtins.float
     num_examples: _builtins.int
     upload_floats: _builtins.int
+    @_builtins.property
+    def example_privacy(self) -> Global___ExamplePrivacySpent:
+        """Example-level DP the device has spent so far (with its own accountant); absent without DP-SGD."""
+
     def __init__(
         self,
         *,
@@ -238,14 +339,49 @@ class ReportTrainingRequest(_message.Message):
         train_loss: _builtins.float = ...,
         num_examples: _builtins.int = ...,
         upload_floats: _builtins.int = ...,
+        example_privacy: Global___ExamplePrivacySpent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["example_privacy", b"example_privacy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["num_examples", b"num_examples", "rank_after", b"rank_after", "rank_before", b"rank_before", "round_id", b"round_id", "train_loss", b"train_loss", "upload_floats", b"upload_floats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["example_privacy", b"example_privacy", "num_examples", b"num_examples", "rank_after", b"rank_after", "rank_before", b"rank_before", "round_id", b"round_id", "train_loss", b"train_loss", "upload_floats", b"upload_floats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportTrainingRequest: _TypeAlias = ReportTrainingRequest  # noqa: Y015
+
+@_typing.final
+class ExamplePrivacySpent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    NOISE_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    epsilon: _builtins.float
+    delta: _builtins.float
+    accountant: _builtins.str
+    noise_multiplier: _builtins.float
+    sample_rate: _builtins.float
+    steps: _builtins.int
+    def __init__(
+        self,
+        *,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        accountant: _builtins.str = ...,
+        noise_multiplier: _builtins.float = ...,
+        sample_rate: _builtins.float = ...,
+        steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountant", b"accountant", "delta", b"delta", "epsilon", b"epsilon", "noise_multiplier", b"noise_multiplier", "sample_rate", b"sample_rate", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExamplePrivacySpent: _TypeAlias = ExamplePrivacySpent  # noqa: Y015
 
 @_typing.final
 class ReportTrainingResponse(_message.Message):
