@@ -14,7 +14,7 @@ DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggreg
 DEVICES ?= 3
 MODEL ?= smollm2
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-gpu bench-secagg bench-services demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-gpu bench-secagg bench-services bench-dp demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,7 +59,7 @@ test:  ## the CI test suite (tiny random model, no network)
 test-slow:  ## tests that load the real SmolLM2 model
 	$(PY) -m pytest -q -m slow
 
-bench: bench-secagg bench-services  ## all fast benchmarks (JSON under bench/results/)
+bench: bench-secagg bench-services bench-dp  ## all fast benchmarks (JSON under bench/results/)
 
 bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 	$(PY) bench/secagg_bench.py --json bench/results/secagg.json
@@ -67,6 +67,17 @@ bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg alone and a whole round
 	$(PY) bench/services_bench.py --json bench/results/services.json
 	$(PY) bench/round_bench.py --json bench/results/round.json
+
+bench-dp:  ## DP-SGD cost of a local step on SmolLM2 (same batches, plain vs Opacus) -> bench/results/dp.json
+	$(PY) bench/dp_bench.py --json bench/results/dp.json
+
+bench-quality-dp:  ## hetlora-rebase at example-level ε = 8 and 1 (δ = 1e-6) beside the non-private run (~30 min CPU)
+	for eps in 8 1; do $(PY) bench/quality.py --strategies hetlora-rebase --tag quality-dp-example-eps$$eps \
+	    --dp-example-epsilon $$eps --dp-horizon 12 --dp-delta 1e-6 --dp-max-grad-norm 1.0 || exit 1; done
+	$(PY) bench/dp_report.py --baselines bench/results/quality.json \
+	    --run "non-private=bench/results/quality-rebase.json" \
+	    --run "example ε=8=bench/results/quality-dp-example-eps8.json" \
+	    --run "example ε=1=bench/results/quality-dp-example-eps1.json"
 
 bench-quality:  ## real SmolLM2 on chitchat users, all strategies -> bench/results/quality.{json,png} (~40 min CPU)
 	$(PY) bench/quality.py --out bench/results

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trainer.plots import plot_heldout_loss
+from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.simulation import SimulationConfig, run_simulation
 
 STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also summarise the records of an earlier run with the same settings (e.g. its baselines)",
     )
+    add_dp_arguments(p)
     args = p.parse_args(argv)
+    example_dp, user_dp = dp_settings(args)
 
     if args.device.startswith("cuda"):
         import torch
@@ -145,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             seed=seed,
             device=args.device,
             save_versions=False,
+            example_dp=example_dp,
+            user_dp=user_dp,
         )
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "merge")}
         for r in run_simulation(cfg):

@@ -290,7 +290,7 @@ class PrometheusRoundListener:
             PRIVACY_SIGMA.set(user["effective_noise_multiplier"])
         example = summary.privacy.get("example_privacy")
         if example:
-            PRIVACY_EPSILON.labels("example").set(max(example.values()))
+            PRIVACY_EPSILON.labels("example").set(max(e["epsilon"] for e in example.values()))
 
     def privacy_configured(self, budget: float, spent: float) -> None:
         """At start (and after a restart): the user-level budget and what the restored ledger has spent."""

@@ -151,7 +151,11 @@ class RoundEngine:
             sums = self.privacy.release(sums)
             realised = component_cohorts(after.values(), self.strategy.global_rank)
             record["privacy"] = self.privacy.charge(self.planned_cohorts(plan), realised, plan.sample_rate)
-        spent = {r.client_id: r.example_privacy.epsilon for r in reports if r.example_privacy is not None}
+        spent = {
+            r.client_id: {"epsilon": e.epsilon, "delta": e.delta, "accountant": e.accountant, "unit": e.unit}
+            for r in reports
+            if (e := r.example_privacy) is not None
+        }
         if spent:
             record["example_privacy"] = spent
         new = self.strategy.aggregate(current, sums)

@@ -163,7 +163,9 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
             if "privacy" in outcome.extra:
                 records[-1]["user_epsilon"] = outcome.extra["privacy"]["epsilon"]
             if "example_privacy" in outcome.extra:
-                records[-1]["example_epsilon_max"] = max(outcome.extra["example_privacy"].values())
+                records[-1]["example_epsilon_max"] = max(
+                    e["epsilon"] for e in outcome.extra["example_privacy"].values()
+                )
             bar.set_postfix(loss=f"{loss:.4f}")
             bar.update()
         if cfg.device_eval:

@@ -45,7 +45,8 @@ def test_dp_rounds_record_user_and_example_epsilon(pki: Path, tmp_path: Path, to
     assert 0 < first["privacy"]["epsilon"] < second["privacy"]["epsilon"] < float("inf")
     assert second["privacy"]["unit"] == "user" and second["privacy"]["mode"] == "distributed"
     assert set(second["example_privacy"]) == set(second["reported"])  # every reporting device said what it spent
-    assert all(0 < eps < float("inf") for eps in second["example_privacy"].values())
+    for spent in second["example_privacy"].values():
+        assert 0 < spent["epsilon"] < float("inf") and spent["delta"] == 1e-5 and spent["accountant"] == "prv"
     user_eps = REGISTRY.get_sample_value("hetlora_privacy_epsilon", {"unit": "user"})
     assert user_eps == pytest.approx(second["privacy"]["epsilon"])
     assert REGISTRY.get_sample_value("hetlora_privacy_epsilon", {"unit": "example"}) > 0

@@ -10,6 +10,7 @@ working under DP.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,7 +69,9 @@ class PrivateOptimizer:
             for p in self.params:
                 setattr(p, "grad_sample", torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype))  # noqa: B010
         else:
-            data_loss.backward()
+            with warnings.catch_warnings():  # Opacus' hooks on a frozen base: torch warns on every backward
+                warnings.filterwarnings("ignore", "Full backward hook is firing", UserWarning)
+                data_loss.backward()
         extra = None
         if penalty is not None:
             extra = torch.autograd.grad(penalty(), self.params, allow_unused=True)
