@@ -1,19 +1,16 @@
-"""Prometheus metrics for every service: one gRPC interceptor plus listeners for the domain events.
+"""Prometheus metrics for every service: the domain metrics and the listeners that feed them.
 
 Names follow Prometheus conventions (``hetlora_`` prefix, base units, ``_total`` counters); labels are bounded
-sets (service, method, status code, stage, outcome): never device ids. The libraries stay free of
+sets (service, method, status code, stage, outcome, unit): never device ids. The libraries stay free of
 prometheus_client: ``secure_agg`` reports through its ``StageListener`` protocol and the coordinator through
-``RoundListener``; both are implemented here.
+``RoundListener``; both are implemented here. The gRPC interceptor is in ``services.rpc_metrics``.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
-import grpc
 from cryptography import x509
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -24,8 +21,6 @@ from services.orchestrator.listeners import RoundSummary
 
 log = logging.getLogger("hetlora.services")
 
-RPC_REQUESTS = Counter("hetlora_grpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
-RPC_SECONDS = Histogram("hetlora_grpc_request_duration_seconds", "gRPC call latency", ["service", "method"])
 ROUNDS = Counter("hetlora_rounds_total", "Round attempts by outcome", ["outcome"], registry=None)
 ROUND_SECONDS = Histogram(
     "hetlora_round_duration_seconds",
@@ -182,55 +177,6 @@ def watch_registry(count_devices: Callable[[], dict[str, int]] | None) -> None:
     """Count devices with ``count_devices`` at every scrape (None when the registry closes)."""
     export_service_metrics("enrollment")
     ENROLLED_DEVICES.count_devices = count_devices
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every call by method and final status code and times it (streams until their last message)."""
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-
-    def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            return None
-        method = details.method.rsplit("/", 1)[-1]
-        if handler.unary_unary:
-            return handler._replace(unary_unary=self._unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=self._unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=self._streaming(handler.unary_stream, method))
-        return handler
-
-    def _record(self, method: str, context: grpc.ServicerContext, started: float, failed: bool) -> None:
-        code = context.code() if hasattr(context, "code") else None  # set by abort()/set_code()
-        name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
-        RPC_REQUESTS.labels(self.service, method, name).inc()
-        RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - started)
-
-    def _unary(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            started, failed = time.perf_counter(), True
-            try:
-                response = behaviour(request, context)
-                failed = False
-                return response
-            finally:
-                self._record(method, context, started, failed)
-
-        return wrapped
-
-    def _streaming(self, behaviour: Callable[..., Iterator[Any]], method: str) -> Callable[..., Iterator[Any]]:
-        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            started, failed = time.perf_counter(), True
-            try:
-                yield from behaviour(request, context)
-                failed = False
-            finally:
-                self._record(method, context, started, failed)
-
-        return wrapped
 
 
 class PrometheusStageListener:

@@ -17,7 +17,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from services.metrics import MetricsInterceptor
+from services.rpc_metrics import MetricsInterceptor
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default; large tensors are streamed in chunks below it
 
