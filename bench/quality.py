@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--r-min", type=int, default=2)
     p.add_argument("--r-max", type=int, default=32)
+    p.add_argument("--gamma", type=float, default=0.99, help="HetLoRA self-pruning keep fraction γ (1 = never prune)")
+    p.add_argument("--lam", type=float, default=0.01, help="HetLoRA tail penalty λ (0 = no penalty)")
     p.add_argument("--ranks", default="uniform_int")
     p.add_argument("--eval-blocks", type=int, default=3)
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr,
             r_min=args.r_min,
             r_max=args.r_max,
+            gamma=args.gamma,
+            lam=args.lam,
             rank_distribution=args.ranks,
             eval_blocks=args.eval_blocks,
             seed=seed,
