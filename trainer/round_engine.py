@@ -64,7 +64,8 @@ class RoundEngine:
     ) -> None:
         if privacy is not None and not strategy.uploads_update:
             raise ValueError(
-                f"user-level DP clips each device's update, and {strategy.name!r} uploads factors, not updates: "
+                f"user-level DP clips each device's update, and {strategy.name!r} uploads "
+                f"{'full products' if strategy.dense_upload else 'factors'}, not updates: "
                 "use hetlora-rebase, hetlora-delta or hetlora-svd"
             )
         if per_round < 1 or (device_ranks and per_round > len(device_ranks)):

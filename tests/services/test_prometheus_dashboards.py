@@ -9,6 +9,7 @@ and every alert rule must be loaded and evaluated without error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -84,7 +85,8 @@ class Prometheus:
             if self.proc.poll() is not None or time.monotonic() > end:
                 log = Path(self.log.name).read_text()[-3000:]
                 raise AssertionError(f"Prometheus: {what} not within {timeout_s} s\n{log}")
-            time.sleep(0.25)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the poll interval, cut short if Prometheus dies
+                self.proc.wait(timeout=0.25)
 
     def stop(self) -> None:
         self.proc.terminate()
