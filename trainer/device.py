@@ -26,7 +26,7 @@ class Task:
     rank: int
     factors: ModuleFactors
     seed: int
-    component_cohorts: tuple[int, ...] = ()  # devices planned per rank component (distributed DP noise shares)
+    component_cohorts: tuple[int, ...] = ()  # distributed DP: shares each component's noise is split into
 
 
 @dataclass(frozen=True)

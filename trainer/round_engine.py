@@ -102,7 +102,8 @@ class RoundEngine:
         """Each device's starting factors, sliced from the committed version at its rank."""
         _, current = self.store.latest()
         by_rank = {r: self.strategy.distribute(current, r) for r in sorted(set(plan.ranks.values()))}
-        cohorts = tuple(int(n) for n in self.planned_cohorts(plan)) if self.privacy is not None else ()
+        shares = self.privacy.noise_shares(self.planned_cohorts(plan)) if self.privacy is not None else ()
+        cohorts = tuple(int(n) for n in shares)
         return {
             c: Task(
                 plan.round,

@@ -15,6 +15,7 @@ from trainer.privacy.user_dp import (
     clip_update,
     component_cohorts,
     effective_noise_multiplier,
+    noise_cohorts,
     update_norm,
     value_headroom,
 )
@@ -84,8 +85,21 @@ def test_effective_sigma_is_set_by_the_least_noised_released_component() -> None
     assert effective_noise_multiplier(1.0, planned, np.array([3, 3, 1, 1, 0])) == pytest.approx(np.sqrt(0.5))
     # a component nobody uploaded releases nothing and does not lower σ
     assert effective_noise_multiplier(2.0, planned, np.array([4, 4, 2, 0, 0])) == 2.0
-    with pytest.raises(ValueError):
-        effective_noise_multiplier(1.0, planned, planned + 1)
+    # over-provisioned shares: fewer drops than tolerated leave more noise than σS
+    assert effective_noise_multiplier(1.0, np.array([3, 3, 1]), np.array([4, 4, 1])) == pytest.approx(1.0)
+    assert effective_noise_multiplier(1.0, np.array([3, 3, 1]), np.array([4, 4, 2])) == pytest.approx(np.sqrt(4 / 3))
+    with pytest.raises(ValueError, match="no device was asked"):
+        effective_noise_multiplier(1.0, np.array([2, 0]), np.array([2, 1]))
+
+
+def test_noise_shares_leave_room_for_the_tolerated_dropout() -> None:
+    planned = np.array([5, 4, 3, 1, 0])
+    assert noise_cohorts(planned, 0.0).tolist() == [5, 4, 3, 1, 0]
+    assert noise_cohorts(planned, 0.2).tolist() == [4, 3, 2, 1, 0]  # ⌊n·0.8⌋, never below 1 where planned
+    # while no more than the tolerated fraction drops, every released component keeps at least σS
+    shares = noise_cohorts(planned, 0.2)
+    survivors = planned - np.floor(planned * 0.2).astype(int)
+    assert effective_noise_multiplier(1.0, shares, survivors) >= 1.0
 
 
 def test_headroom_leaves_room_for_four_standard_deviations_of_a_share() -> None:

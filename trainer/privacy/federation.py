@@ -17,7 +17,7 @@ import numpy as np
 
 from trainer.privacy.accounting import PrivacyLedger
 from trainer.privacy.settings import UserDP
-from trainer.privacy.user_dp import add_central_noise, effective_noise_multiplier
+from trainer.privacy.user_dp import add_central_noise, effective_noise_multiplier, noise_cohorts
 from trainer.strategies.base import AggregateSums
 
 
@@ -53,11 +53,15 @@ class FederationPrivacy:
             return sums
         return add_central_noise(sums, self.user.noise_std, rng if rng is not None else np.random.default_rng())
 
+    def noise_shares(self, planned: np.ndarray) -> np.ndarray:
+        """What each device divides its noise by, per component (sent with the task in distributed mode)."""
+        return noise_cohorts(planned, self.user.dropout_tolerance)
+
     def charge(self, planned: np.ndarray, realised: np.ndarray, sample_rate: float) -> dict[str, Any]:
         """Account one committed round; returns what goes into the version's record."""
         sigma = self.user.noise_multiplier
         if self.user.mode == "distributed":
-            sigma = effective_noise_multiplier(sigma, planned, realised)
+            sigma = effective_noise_multiplier(sigma, self.noise_shares(planned), realised)
         if sigma > 0:
             self.ledger.spend(sigma, sample_rate)
         else:
@@ -65,6 +69,7 @@ class FederationPrivacy:
         return {
             "unit": "user",
             "mode": self.user.mode,
+            "dropout_tolerance": self.user.dropout_tolerance,
             "clip_norm": self.user.clip_norm,
             "noise_multiplier": self.user.noise_multiplier,
             "effective_noise_multiplier": sigma,

@@ -21,6 +21,8 @@ def add_dp_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dp-user-budget", type=float, default=float("inf"), help="refuse rounds past this user-level ε")
     g.add_argument("--dp-user-mode", choices=("distributed", "central"), default="distributed",
                    help="noise added by the devices before masking, or by the orchestrator")  # fmt: skip
+    g.add_argument("--dp-user-dropout-tolerance", type=float, default=0.2,
+                   help="distributed mode: shares still add up to σS if this fraction drops out")  # fmt: skip
     g.add_argument("--dp-delta", type=float, default=1e-6, help="δ for both accountants")
     g.add_argument("--dp-accountant", choices=("prv", "rdp"), default="prv")
 
@@ -46,5 +48,6 @@ def dp_settings(args: argparse.Namespace) -> tuple[ExampleDP | None, UserDP | No
             epsilon_budget=args.dp_user_budget,
             mode=args.dp_user_mode,
             accountant=args.dp_accountant,
+            dropout_tolerance=args.dp_user_dropout_tolerance,
         )
     return example, user

@@ -72,8 +72,13 @@ class UserDP:
     epsilon_budget: float = math.inf
     mode: str = "distributed"
     accountant: str = "prv"
+    # Distributed mode: devices over-provision their noise shares so that the sums still carry σS when up to
+    # this fraction of a component's devices drop out; the budget check then holds for such rounds.
+    dropout_tolerance: float = 0.2
 
     def __post_init__(self) -> None:
+        if not 0 <= self.dropout_tolerance < 1:
+            raise ValueError(f"dropout_tolerance must be in [0, 1), got {self.dropout_tolerance}")
         if not (self.clip_norm > 0 and math.isfinite(self.clip_norm)):
             raise ValueError(f"user-level DP needs a finite positive clip_norm, got {self.clip_norm}")
         if self.noise_multiplier < 0:

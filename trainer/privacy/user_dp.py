@@ -6,9 +6,10 @@ the clipped values; the per-component counts are the cohort's ranks, which the s
 std σS per released coordinate makes the sums a Gaussian mechanism with sensitivity S.
 
 Under secure aggregation the noise is split across the devices (``distributed``): for rank component j the
-n_j devices whose rank covers j each add std σS/√n_j, so the sum carries σS and the orchestrator never sees a
-noiseless sum. Devices that drop out or prune away a component add nothing there, so the realised noise is
-lower: :func:`effective_noise_multiplier` is what the accountant is charged with.
+n_j devices whose rank covers j each add std σS/√m_j with m_j = ⌊n_j·(1 − tolerated dropout)⌋
+(:func:`noise_cohorts`), so the sum carries at least σS while at most that fraction drops out, and the
+orchestrator never sees a noiseless sum. Devices that drop out or prune away a component add nothing there:
+:func:`effective_noise_multiplier` is the noise the sums really carried, and what the accountant is charged.
 """
 
 from __future__ import annotations
@@ -74,18 +75,25 @@ def add_central_noise(sums: AggregateSums, noise_std: float, rng: np.random.Gene
     return AggregateSums(noisy, sums.dense_sums, sums.dense_weight, sums.num_clients)
 
 
-def effective_noise_multiplier(noise_multiplier: float, planned: np.ndarray, realised: np.ndarray) -> float:
+def noise_cohorts(planned: np.ndarray, dropout_tolerance: float) -> np.ndarray:
+    """m_j: how many shares the noise of component j is split into, ⌊n_j·(1 − tolerance)⌋ but at least 1."""
+    shares = np.floor(planned * (1.0 - dropout_tolerance)).astype(np.int64)
+    return np.where(planned > 0, np.maximum(shares, 1), 0)
+
+
+def effective_noise_multiplier(noise_multiplier: float, shares: np.ndarray, realised: np.ndarray) -> float:
     """σ the released sums actually carry in distributed mode: the least-noised released component decides.
 
-    Component j was planned for ``planned[j]`` devices and ``realised[j]`` of them uploaded it; its noise std is
-    σS·√(realised/planned). Components nobody uploaded release nothing and do not count.
+    Component j's noise was split into ``shares[j]`` and ``realised[j]`` devices uploaded it, so its std is
+    σS·√(realised/shares): above σS when fewer than the tolerated share dropped out. Components nobody
+    uploaded release nothing and do not count.
     """
     released = realised > 0
     if not np.any(released):
         return noise_multiplier
-    if np.any(realised[released] > planned[released]):
-        raise ValueError("more devices uploaded a component than were planned for it")
-    return float(noise_multiplier * np.sqrt(np.min(realised[released] / planned[released])))
+    if np.any(shares[released] < 1):
+        raise ValueError("a component was uploaded that no device was asked to add noise to")
+    return float(noise_multiplier * np.sqrt(np.min(realised[released] / shares[released])))
 
 
 def value_headroom(clip_norm: float, noise_std: float, smallest_cohort: int, stddevs: float = 4.0) -> float:

@@ -260,7 +260,9 @@ class TaskHeader(_message.Message):
 
     @_builtins.property
     def component_cohorts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Devices of this round's cohort covering each rank component (distributed DP splits its noise by it)."""
+        """Distributed DP: how many shares each rank component's noise is split into (the cohort's devices
+        covering it, less the dropout the deployment tolerates).
+        """
 
     def __init__(
         self,
