@@ -183,6 +183,13 @@ def test_prometheus_scrapes_a_round_and_every_panel_and_alert_rule_has_data(
             "version 2 scored", lambda: prometheus.query("hetlora_heldout_evaluated_version >= 2"), 60
         )
 
+        promtool = require("promtool")  # naming and unit conventions of every exported family, as scraped
+        for name, address in targets.items():
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
+                exposition = r.read()
+            lint = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=60)
+            assert lint.returncode == 0 and not lint.stdout.strip(), f"{name}: {lint.stdout!r} {lint.stderr!r}"
+
         empty = []
         for dashboard, title, expr in panel_queries():
             components = ("enrollment", "aggregator", "orchestrator") if "$component" in expr else ("",)
