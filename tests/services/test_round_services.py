@@ -122,10 +122,21 @@ def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, u
     return {"threads": threads, "done": done, "errors": errors}
 
 
-def serve_until_done(pki: Path, tmp_path: Path, tokenizer, tiny_model_factory, strategy: str, ranks: dict[str, int]):
+def serve_until_done(
+    pki: Path,
+    tmp_path: Path,
+    tokenizer,
+    tiny_model_factory,
+    strategy: str,
+    ranks: dict[str, int],
+    per_round: int | None = None,
+    **config: object,
+):
     """Deploy, let every enrolled device take part until all rounds are done, stop; returns the stopped
-    orchestrator (for its history) and the store directory."""
-    orchestrator, aggregator, creds, store_dir = deploy(pki, tmp_path, tiny_model_factory, strategy, ranks, len(ranks))
+    orchestrator (for its history) and the store directory. ``config`` overrides ``OrchestratorConfig`` fields."""
+    orchestrator, aggregator, creds, store_dir = deploy(
+        pki, tmp_path, tiny_model_factory, strategy, ranks, per_round or len(ranks), **config
+    )
     stop = threading.Event()
     try:
         devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)

@@ -3,13 +3,12 @@ aggregation, ε in every version's record and in the metrics, and a round refuse
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.services.test_round_services import deploy, run_devices
+from tests.services.test_round_services import serve_until_done
 from trainer.privacy import ExampleDP, PrivacyLedger, UserDP
 from trainer.store import DirectoryStore
 
@@ -19,21 +18,9 @@ EXAMPLE = ExampleDP(max_grad_norm=1.0, noise_multiplier=0.8, delta=1e-5)
 
 
 def run(pki: Path, tmp_path: Path, tokenizer, tiny_model_factory, user: UserDP):
-    orchestrator, aggregator, creds, store_dir = deploy(
-        pki, tmp_path, tiny_model_factory, "hetlora-rebase", DEVICES, 3, example_dp=EXAMPLE, user_dp=user
+    orchestrator, store_dir = serve_until_done(
+        pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-rebase", DEVICES, 3, example_dp=EXAMPLE, user_dp=user
     )
-    stop = threading.Event()
-    try:
-        devices = run_devices(pki, orchestrator, creds, tokenizer, tiny_model_factory, stop)
-        assert orchestrator.coordinator.join(timeout_s=240)
-        stop.set()
-        for t in devices["threads"]:
-            t.join(timeout=60)
-    finally:
-        stop.set()
-        orchestrator.stop(None)
-        aggregator.stop(None)
-    assert not devices["errors"], devices["errors"]
     return orchestrator, DirectoryStore(store_dir)
 
 
