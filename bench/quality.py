@@ -92,7 +92,25 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _mergeable(path: Path, config: dict) -> tuple[dict, set[str]]:
+    """An earlier run's results and the settings in which it differs; refuses runs that are not comparable.
+
+    Settings an older run did not record (options added since) count as equal when this run leaves them at
+    their defaults, so results stay mergeable across versions of this script.
+    """
+    earlier = json.loads(path.read_text())
+    defaults = vars(_parser().parse_args([]))
+    ignored = ("strategies", "tag", "merge", "out")
+    theirs = {k: v for k, v in earlier["config"].items() if k not in ignored}
+    mine = {k: v for k, v in config.items() if k not in ignored}
+    differ = {k for k in theirs.keys() | mine.keys() if theirs.get(k, defaults.get(k)) != mine.get(k, defaults.get(k))}
+    # Homogeneous baselines do not depend on how device ranks are drawn, so they merge across --ranks.
+    if differ and differ != {"ranks"}:
+        raise SystemExit(f"{path} was run with other settings ({', '.join(sorted(differ))}); cannot merge")
+    return earlier, differ
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--tag", default="quality", help="output file stem")
@@ -121,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also summarise the records of an earlier run with the same settings (e.g. its baselines)",
     )
     add_dp_arguments(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     example_dp, user_dp = dp_settings(args)
 
     if args.device.startswith("cuda"):
@@ -130,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: fp32 storage, as on the CPU runs
     started = time.perf_counter()
     records: list[dict] = []
-    config: dict = {}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "merge")}
+    merges = [_mergeable(path, config) for path in args.merge]  # checked before hours of training, not after
     for seed in (int(s) for s in args.seeds.split(",")):
         cfg = SimulationConfig(
             strategies=tuple(args.strategies.split(",")),
@@ -155,17 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             example_dp=example_dp,
             user_dp=user_dp,
         )
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "merge")}
         for r in run_simulation(cfg):
             records.append({**r, "seed": seed})
-    for path in args.merge:
-        earlier = json.loads(path.read_text())
-        settings = {k: v for k, v in earlier["config"].items() if k not in ("strategies", "tag", "merge")}
-        mine = {k: v for k, v in config.items() if k not in ("strategies", "tag", "merge")}
-        differ = {k for k in settings.keys() | mine.keys() if settings.get(k) != mine.get(k)}
-        # Homogeneous baselines do not depend on how device ranks are drawn, so they merge across --ranks.
-        if differ and differ != {"ranks"}:
-            raise SystemExit(f"{path} was run with other settings ({', '.join(sorted(differ))}); cannot merge")
+    for earlier, differ in merges:
         have = {r["strategy"] for r in records}
         records.extend(
             r for r in earlier["records"] if r["strategy"] not in have and (not differ or r["strategy"] in HOMOGENEOUS)

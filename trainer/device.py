@@ -6,7 +6,7 @@ receiving the task over gRPC, then masks the contribution for secure aggregation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -27,6 +27,7 @@ class Task:
     factors: ModuleFactors
     seed: int
     component_cohorts: tuple[int, ...] = ()  # distributed DP: shares each component's noise is split into
+    frozen: ModuleFactors = field(default_factory=dict)  # rest of the global, merged into the base weights
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,16 @@ def run_task(
     privacy = privacy or DevicePrivacy()
     steps = plan_private_steps(privacy, len(data.train), train.batch_size, train.steps)
     result = train_local(
-        model, data.train, task.factors, task.rank, strategy.config.scaling, train, strategy.prune, task.seed, steps
+        model,
+        data.train,
+        task.factors,
+        task.rank,
+        strategy.config.scaling,
+        train,
+        strategy.prune,
+        task.seed,
+        steps,
+        frozen=task.frozen,
     )
     spend = record_spend(privacy, steps, train.steps) if steps is not None else None
     contribution = strategy.contribution(task.factors, result.factors, data.num_train_examples)

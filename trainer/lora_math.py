@@ -8,6 +8,7 @@ weight; the coverage-corrected rule divides component j by the weight of the cli
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -170,3 +171,28 @@ def svd_basis(factors: LoraFactors, a_row_norm: float | None = LORA_INIT_A_ROW_N
         out_B[:, :k] = (Qb @ u[:, :k]) * (s / a_row_norm)
         out_A[: vt.shape[0]] = a_row_norm * (vt @ Qa.T)
     return LoraFactors(out_B.astype(np.float32), out_A.astype(np.float32))
+
+
+def haar_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random n × n rotation (QR of a Gaussian matrix with the signs of R's diagonal fixed)."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def rotate_within_blocks(factors: LoraFactors, edges: Sequence[int], rng: np.random.Generator) -> LoraFactors:
+    """B·Q, Qᵀ·A with Q block-diagonal: a random rotation inside each block [edges[i], edges[i+1]).
+
+    The product is unchanged, and so is the span of the leading ``e`` components for every edge e: a device
+    whose rank is an edge still receives the best rank-e approximation. Inside a block the rotation spreads
+    B's norm over the components instead of piling it on the first (the SVD basis minimises Σ_j ‖B_j‖,
+    and with it how far AdamW's steps on A move the product).
+    """
+    cuts = sorted({0, factors.rank, *(e for e in edges if 0 < e < factors.rank)})
+    B = factors.B.astype(np.float64).copy()
+    A = factors.A.astype(np.float64).copy()
+    for lo, hi in itertools.pairwise(cuts):
+        if hi - lo > 1:
+            q = haar_orthogonal(hi - lo, rng)
+            B[:, lo:hi] = B[:, lo:hi] @ q
+            A[lo:hi] = q.T @ A[lo:hi]
+    return LoraFactors(B.astype(np.float32), A.astype(np.float32))

@@ -7,12 +7,16 @@ from hypothesis import strategies as st
 
 from trainer.factors import LoraFactors
 from trainer.lora_math import (
+    LORA_INIT_A_ROW_NORM,
     component_sums,
     coverage,
     coverage_average,
+    haar_orthogonal,
     normalize_weights,
     paper_average,
     product_norm,
+    rotate_within_blocks,
+    svd_basis,
     truncate,
     zero_pad,
 )
@@ -163,3 +167,31 @@ def test_svd_basis_keeps_untrained_components_alive() -> None:
     np.testing.assert_allclose(np.abs(g.B), [[2.0 / LORA_INIT_A_ROW_NORM, 0.0], [0.0, 0.0]], atol=1e-6)
     dead = balanced_svd_basis(f)
     assert np.allclose(dead.A[1], 0.0) and np.allclose(dead.B[:, 1], 0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    edges=st.lists(st.integers(1, 8), max_size=4),
+)
+def test_rotating_within_blocks_keeps_the_product_and_every_edge_truncation(seed: int, edges: list[int]) -> None:
+    rng = np.random.default_rng(seed)
+    f = svd_basis(LoraFactors(rng.normal(size=(9, 8)), rng.normal(size=(8, 10))))
+    rotated = rotate_within_blocks(f, edges, np.random.default_rng(seed + 1))
+    np.testing.assert_allclose(rotated.product(), f.product(), atol=1e-4)
+    for e in {*edges, 8}:
+        np.testing.assert_allclose(truncate(rotated, e).product(), truncate(f, e).product(), atol=1e-4)
+    gram = rotated.A.astype(np.float64) @ rotated.A.T.astype(np.float64)  # A's rows stay orthogonal at init norm
+    np.testing.assert_allclose(gram, np.eye(8) * LORA_INIT_A_ROW_NORM**2, atol=1e-5)
+
+
+def test_rotation_spreads_the_norm_of_b_inside_a_block() -> None:
+    """Golden case: B = diag(3, 0), A = I: the SVD basis puts all of B's norm on column 0; a rotation by θ
+    puts 3cosθ and 3sinθ on the two columns, so Σ_j ‖B_j‖ grows from 3 to 3(|cosθ| + |sinθ|)."""
+    f = LoraFactors(np.diag([3.0, 0.0]).astype(np.float32), np.eye(2, dtype=np.float32))
+    q = haar_orthogonal(2, np.random.default_rng(0))
+    rotated = rotate_within_blocks(f, [], np.random.default_rng(0))
+    np.testing.assert_allclose(rotated.B, f.B @ q, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(rotated.B, axis=0).sum(), 3 * np.abs(q[0]).sum(), rtol=1e-6)
+    assert np.linalg.norm(rotated.B, axis=0).sum() > 3.0
+    np.testing.assert_array_equal(rotate_within_blocks(f, [1], np.random.default_rng(0)).B, f.B)  # 1-wide blocks

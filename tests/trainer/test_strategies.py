@@ -164,3 +164,28 @@ def test_rebase_keeps_components_nobody_trained_trainable() -> None:
         assert np.all(np.linalg.norm(kept.A[1:], axis=1) > 0.5)
         np.testing.assert_allclose(kept.B[:, 1:], 0.0, atol=1e-6)
         assert np.allclose(dead.A[1:], 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 4])
+def test_residual_device_holds_the_whole_global_at_any_rank(rank: int) -> None:
+    """Trainable leading components plus the frozen rest (scale folded into B) add up to the global ΔW."""
+    res = make_strategy("hetlora-residual", CFG)
+    glob = type(res.initial(SHAPES, 0))(random_factors(np.random.default_rng(rank), 4), CFG.scaling.factor(4))
+    sent, frozen = res.distribute(glob, rank), res.frozen(glob, rank)
+    assert set(frozen) == (set() if rank == 4 else set(SHAPES))
+    for m in SHAPES:
+        tail = frozen[m].product() if m in frozen else 0.0
+        held = CFG.scaling.factor(rank) * sent[m].product() + tail
+        np.testing.assert_allclose(held, glob.delta(m), rtol=1e-5, atol=1e-5)
+        assert sent[m].rank == rank
+
+
+def test_residual_aggregates_like_rebase_and_other_strategies_freeze_nothing() -> None:
+    rng = np.random.default_rng(11)
+    res, reb = make_strategy("hetlora-residual", CFG), make_strategy("hetlora-rebase", CFG)
+    glob = type(res.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
+    sent = res.distribute(glob, 2)
+    sums = sum_contributions([res.contribution(sent, random_factors(rng, 2), 3)], 4)
+    for m in SHAPES:
+        np.testing.assert_array_equal(res.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)
+    assert all(make_strategy(n, CFG).frozen(glob, 2) == {} for n in strategy_names() if not n.endswith("residual"))

@@ -16,6 +16,8 @@ from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
 from trainer.strategies.hetlora_delta import HetLoRADelta
 from trainer.strategies.hetlora_rebase import HetLoRARebase
+from trainer.strategies.hetlora_residual import HetLoRADeltaResidual, HetLoRAResidual
+from trainer.strategies.hetlora_rotate import HetLoRARotate
 from trainer.strategies.hetlora_svd import HetLoRASVD
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
 
@@ -43,7 +45,19 @@ def make_strategy(name: str, config: StrategyConfig) -> Strategy:
     return factory(config)
 
 
-for _cls in (HomLoRA, HomLoRAMax, HetLoRA, HetLoRACoverage, HetLoRADelta, HetLoRASVD, HetLoRARebase, FlexLoRA):
+for _cls in (
+    HomLoRA,
+    HomLoRAMax,
+    HetLoRA,
+    HetLoRACoverage,
+    HetLoRADelta,
+    HetLoRASVD,
+    HetLoRARebase,
+    HetLoRAResidual,
+    HetLoRADeltaResidual,
+    HetLoRARotate,
+    FlexLoRA,
+):
     register(_cls.name, _cls)
 
 __all__ = [
