@@ -277,8 +277,8 @@ def test_self_pruned_ranks_are_rebuilt_from_committed_versions(tmp_path, tiny_mo
 def test_residual_devices_receive_the_frozen_rest_of_the_global_through_the_services(
     pki, tmp_path, tokenizer, tiny_model_factory
 ) -> None:
-    """hetlora-residual streams the frozen tail after the trainable factors; the services then match the
-    engine over two rounds, and differ from hetlora-rebase (same everything, no frozen tail) by far more."""
+    """hetlora-delta-residual streams the frozen tail after the trainable factors; the services then match the
+    engine over two rounds, and differ from hetlora-delta (same everything, no frozen tail) by far more."""
     from trainer.device import run_task
     from trainer.local_train import TrainConfig
     from trainer.round_engine import RoundEngine, derive_seed
@@ -291,24 +291,25 @@ def test_residual_devices_receive_the_frozen_rest_of_the_global_through_the_serv
     shapes = adapted_modules(model)
     data = {c.client_id: c for c in device_data(tokenizer, list(ranks))}
     final = {}
-    for name in ("hetlora-residual", "hetlora-rebase"):
+    for name in ("hetlora-delta-residual", "hetlora-delta"):
         strategy = make_strategy(name, StrategyConfig(2, 8, Scaling(), gamma=0.99, lam=0.01))
         engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, derive_seed(0, "init"))), ranks, 3, 0)
         for rnd in (1, 2):
             plan = engine.plan(rnd)
             tasks = engine.tasks(plan)
-            assert bool(tasks["rs-a"].frozen) == (name == "hetlora-residual")  # only the rank-4 device has a tail
+            assert bool(tasks["rs-a"].frozen) == (name == "hetlora-delta-residual")  # only the rank-4 device has a tail
             train = TrainConfig(steps=2, batch_size=2, lr=1e-2)  # a tail large enough to matter in round 2
             engine.finish(plan, [run_task(strategy, model, data[c], t, train) for c, t in tasks.items()], [])
         final[name] = engine.store.latest()[1]
 
     train = pb.TrainSettings(steps=2, batch_size=2, lr=1e-2)
     _, store_dir = serve_until_done(
-        pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-residual", ranks, train=train
+        pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-delta-residual", ranks, train=train
     )
     _, served = DirectoryStore(store_dir).latest()
     for m in shapes:
-        np.testing.assert_allclose(served.delta(m), final["hetlora-residual"].delta(m), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(served.delta(m), final["hetlora-delta-residual"].delta(m), atol=1e-4, rtol=0)
     assert (
-        max(np.abs(final["hetlora-residual"].delta(m) - final["hetlora-rebase"].delta(m)).max() for m in shapes) > 1e-3
+        max(np.abs(final["hetlora-delta-residual"].delta(m) - final["hetlora-delta"].delta(m)).max() for m in shapes)
+        > 1e-3
     )

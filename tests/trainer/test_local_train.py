@@ -75,7 +75,7 @@ def test_frozen_residual_is_trained_on_top_of_and_removed_afterwards(
     model = tiny_model_factory()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(5)
-    s = make_strategy("hetlora-residual", StrategyConfig(r_min=2, r_max=4))
+    s = make_strategy("hetlora-delta-residual", StrategyConfig(r_min=2, r_max=4))
     shapes = adapted_modules(model)
     received = s.distribute(s.initial(shapes, 0), 2)
     frozen = {

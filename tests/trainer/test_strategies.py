@@ -169,7 +169,7 @@ def test_rebase_keeps_components_nobody_trained_trainable() -> None:
 @pytest.mark.parametrize("rank", [1, 2, 3, 4])
 def test_residual_device_holds_the_whole_global_at_any_rank(rank: int) -> None:
     """Trainable leading components plus the frozen rest (scale folded into B) add up to the global ΔW."""
-    res = make_strategy("hetlora-residual", CFG)
+    res = make_strategy("hetlora-delta-residual", CFG)
     glob = type(res.initial(SHAPES, 0))(random_factors(np.random.default_rng(rank), 4), CFG.scaling.factor(4))
     sent, frozen = res.distribute(glob, rank), res.frozen(glob, rank)
     assert set(frozen) == (set() if rank == 4 else set(SHAPES))
@@ -180,9 +180,9 @@ def test_residual_device_holds_the_whole_global_at_any_rank(rank: int) -> None:
         assert sent[m].rank == rank
 
 
-def test_residual_aggregates_like_rebase_and_other_strategies_freeze_nothing() -> None:
+def test_residual_aggregates_like_delta_and_other_strategies_freeze_nothing() -> None:
     rng = np.random.default_rng(11)
-    res, reb = make_strategy("hetlora-residual", CFG), make_strategy("hetlora-rebase", CFG)
+    res, reb = make_strategy("hetlora-delta-residual", CFG), make_strategy("hetlora-delta", CFG)
     glob = type(res.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
     sent = res.distribute(glob, 2)
     sums = sum_contributions([res.contribution(sent, random_factors(rng, 2), 3)], 4)

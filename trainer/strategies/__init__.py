@@ -16,7 +16,7 @@ from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
 from trainer.strategies.hetlora_delta import HetLoRADelta
 from trainer.strategies.hetlora_rebase import HetLoRARebase
-from trainer.strategies.hetlora_residual import HetLoRADeltaResidual, HetLoRAResidual
+from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 from trainer.strategies.hetlora_rotate import HetLoRARotate
 from trainer.strategies.hetlora_svd import HetLoRASVD
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
@@ -53,7 +53,6 @@ for _cls in (
     HetLoRADelta,
     HetLoRASVD,
     HetLoRARebase,
-    HetLoRAResidual,
     HetLoRADeltaResidual,
     HetLoRARotate,
     FlexLoRA,

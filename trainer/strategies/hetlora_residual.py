@@ -9,9 +9,9 @@ is taken at the global model, as in homogeneous FedAvg, and a weak device also *
 What a device uploads and what the server learns are unchanged (rank-bucketed sums of the changes to the
 trained components); the cost is download: r_max components instead of r.
 
-``hetlora-residual`` adds the frozen rest to ``hetlora-rebase`` (SVD basis, so the rest is the smallest
-part of the global); ``hetlora-delta-residual`` adds it to ``hetlora-delta``, whose components are in no
-particular order, so the rest is a large part of the global and leaving it out hurts most.
+Built on ``hetlora-delta`` (whose components are in no particular order, so the rest is a large part of the
+global). On ``hetlora-rebase`` the same idea measured as a no-op: in the SVD basis the rest past a device's
+rank carries the smallest singular values, and the held-out loss matched ``hetlora-rebase`` to 1e-3 per round.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 from trainer.factors import LoraFactors, ModuleFactors
 from trainer.strategies.base import GlobalAdapter
 from trainer.strategies.hetlora_delta import HetLoRADelta
-from trainer.strategies.hetlora_rebase import HetLoRARebase
 
 
 def frozen_rest(current: GlobalAdapter, rank: int) -> dict[str, LoraFactors]:
@@ -29,13 +28,6 @@ def frozen_rest(current: GlobalAdapter, rank: int) -> dict[str, LoraFactors]:
         for m, f in current.factors.items()
         if f.rank > rank
     }
-
-
-class HetLoRAResidual(HetLoRARebase):
-    name = "hetlora-residual"
-
-    def frozen(self, current: GlobalAdapter, rank: int) -> ModuleFactors:
-        return frozen_rest(current, rank)
 
 
 class HetLoRADeltaResidual(HetLoRADelta):
