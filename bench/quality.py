@@ -100,7 +100,7 @@ def _mergeable(path: Path, config: dict) -> tuple[dict, set[str]]:
     """
     earlier = json.loads(path.read_text())
     defaults = vars(_parser().parse_args([]))
-    ignored = ("strategies", "tag", "merge", "out")
+    ignored = ("strategies", "tag", "merge", "out", "seeds")  # other seeds of the same setting merge
     theirs = {k: v for k, v in earlier["config"].items() if k not in ignored}
     mine = {k: v for k, v in config.items() if k not in ignored}
     differ = {k for k in theirs.keys() | mine.keys() if theirs.get(k, defaults.get(k)) != mine.get(k, defaults.get(k))}
@@ -184,10 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in run_simulation(cfg):
             records.append({**r, "seed": seed})
     for earlier, differ in merges:
-        have = {r["strategy"] for r in records}
+        have = {(r["strategy"], r.get("seed", 0)) for r in records}
         records.extend(
-            r for r in earlier["records"] if r["strategy"] not in have and (not differ or r["strategy"] in HOMOGENEOUS)
+            r
+            for r in earlier["records"]
+            if (r["strategy"], r.get("seed", 0)) not in have and (not differ or r["strategy"] in HOMOGENEOUS)
         )
+    config["seeds"] = ",".join(str(s) for s in sorted({r.get("seed", 0) for r in records}))
     summary = summarise(records, args.rounds)
     result = {
         "benchmark": "quality",
