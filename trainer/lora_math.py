@@ -131,6 +131,22 @@ def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> 
     return LoraFactors(B.astype(np.float32), A.astype(np.float32))
 
 
+def damped_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> LoraFactors:
+    """previous + (Σ w_k δ_k)_j / √(W_j · W), with W_j = Σ_{k: r_k > j} w_k and W the cohort's total weight.
+
+    Component j's mean change scaled by √(W_j / W): unchanged where every device trained j, smaller where few
+    did; untouched where nobody did.
+    """
+    total = float(delta_sums.weight.max(initial=0.0))  # component 0 is trained by every reporting device
+    covered = delta_sums.weight > 0
+    B = previous.B.astype(np.float64).copy()
+    A = previous.A.astype(np.float64).copy()
+    denom = np.sqrt(delta_sums.weight[covered] * total)
+    B[:, covered] += delta_sums.B[:, covered] / denom
+    A[covered, :] += delta_sums.A[covered, :] / denom[:, None]
+    return LoraFactors(B.astype(np.float32), A.astype(np.float32))
+
+
 def balanced_svd_basis(factors: LoraFactors) -> LoraFactors:
     """The same product B·A re-expressed as U√Σ and √Σ Vᵀ, components ordered by singular value.
 

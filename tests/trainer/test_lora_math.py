@@ -11,6 +11,7 @@ from trainer.lora_math import (
     component_sums,
     coverage,
     coverage_average,
+    damped_component_deltas,
     haar_orthogonal,
     normalize_weights,
     paper_average,
@@ -195,3 +196,14 @@ def test_rotation_spreads_the_norm_of_b_inside_a_block() -> None:
     np.testing.assert_allclose(np.linalg.norm(rotated.B, axis=0).sum(), 3 * np.abs(q[0]).sum(), rtol=1e-6)
     assert np.linalg.norm(rotated.B, axis=0).sum() > 3.0
     np.testing.assert_array_equal(rotate_within_blocks(f, [1], np.random.default_rng(0)).B, f.B)  # 1-wide blocks
+
+
+def test_damped_deltas_golden() -> None:
+    """Two devices of weight 1, ranks 1 and 2: component 0 moves by their mean change, component 1 (trained by
+    one device of a cohort weighing 2) by its change / √(1·2), and an untrained component 2 not at all."""
+    prev = LoraFactors(np.zeros((2, 3)), np.ones((3, 2)))
+    d1 = LoraFactors(np.array([[2.0], [0.0]]), np.array([[1.0, 1.0]]))
+    d2 = LoraFactors(np.array([[4.0, 2.0], [0.0, 2.0]]), np.array([[3.0, 3.0], [2.0, 0.0]]))
+    out = damped_component_deltas(prev, component_sums([d1, d2], [1.0, 1.0], 3))
+    np.testing.assert_allclose(out.B, [[3.0, 2 / np.sqrt(2), 0.0], [0.0, 2 / np.sqrt(2), 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(out.A, [[3.0, 3.0], [1 + 2 / np.sqrt(2), 1.0], [1.0, 1.0]], rtol=1e-6)

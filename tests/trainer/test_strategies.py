@@ -166,10 +166,14 @@ def test_rebase_keeps_components_nobody_trained_trainable() -> None:
         assert np.allclose(dead.A[1:], 0.0, atol=1e-6)
 
 
+RESIDUAL = ("hetlora-delta-residual", "hetlora-damped")
+
+
+@pytest.mark.parametrize("name", RESIDUAL)
 @pytest.mark.parametrize("rank", [1, 2, 3, 4])
-def test_residual_device_holds_the_whole_global_at_any_rank(rank: int) -> None:
+def test_residual_device_holds_the_whole_global_at_any_rank(rank: int, name: str) -> None:
     """Trainable leading components plus the frozen rest (scale folded into B) add up to the global ΔW."""
-    res = make_strategy("hetlora-delta-residual", CFG)
+    res = make_strategy(name, CFG)
     glob = type(res.initial(SHAPES, 0))(random_factors(np.random.default_rng(rank), 4), CFG.scaling.factor(4))
     sent, frozen = res.distribute(glob, rank), res.frozen(glob, rank)
     assert set(frozen) == (set() if rank == 4 else set(SHAPES))
@@ -188,4 +192,4 @@ def test_residual_aggregates_like_delta_and_other_strategies_freeze_nothing() ->
     sums = sum_contributions([res.contribution(sent, random_factors(rng, 2), 3)], 4)
     for m in SHAPES:
         np.testing.assert_array_equal(res.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)
-    assert all(make_strategy(n, CFG).frozen(glob, 2) == {} for n in strategy_names() if not n.endswith("residual"))
+    assert all(make_strategy(n, CFG).frozen(glob, 2) == {} for n in strategy_names() if n not in RESIDUAL)

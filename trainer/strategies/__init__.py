@@ -14,6 +14,7 @@ from trainer.strategies.base import (
 )
 from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
+from trainer.strategies.hetlora_damped import HetLoRADamped
 from trainer.strategies.hetlora_delta import HetLoRADelta
 from trainer.strategies.hetlora_rebase import HetLoRARebase
 from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
@@ -55,6 +56,7 @@ for _cls in (
     HetLoRARebase,
     HetLoRADeltaResidual,
     HetLoRARotate,
+    HetLoRADamped,
     FlexLoRA,
 ):
     register(_cls.name, _cls)
