@@ -121,27 +121,21 @@ def coverage(ranks: Sequence[int], weights: Sequence[float], r_max: int) -> np.n
     return c
 
 
-def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> LoraFactors:
-    """previous + (Σ w_k δ_k)_j / Σ_{k: r_k > j} w_k per component; untouched where nobody trained j."""
-    covered = delta_sums.weight > 0
-    B = previous.B.astype(np.float64).copy()
-    A = previous.A.astype(np.float64).copy()
-    B[:, covered] += delta_sums.B[:, covered] / delta_sums.weight[covered]
-    A[covered, :] += delta_sums.A[covered, :] / delta_sums.weight[covered, None]
-    return LoraFactors(B.astype(np.float32), A.astype(np.float32))
+def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums, damping: float = 0.0) -> LoraFactors:
+    """previous + (Σ w_k δ_k)_j / (W_j^(1−damping) · W^damping) per component; untouched where nobody trained j.
 
-
-def damped_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> LoraFactors:
-    """previous + (Σ w_k δ_k)_j / √(W_j · W), with W_j = Σ_{k: r_k > j} w_k and W the cohort's total weight.
-
-    Component j's mean change scaled by √(W_j / W): unchanged where every device trained j, smaller where few
-    did; untouched where nobody did.
+    W_j = Σ_{k: r_k > j} w_k is the weight of the devices that trained j and W the cohort's total. With
+    ``damping`` 0 component j moves by its cohort's mean change; with ½ (``hetlora-damped``) that mean is
+    scaled by √(W_j / W), so components few devices trained take smaller steps and those everyone trained
+    are unchanged.
     """
+    if not 0.0 <= damping <= 1.0:
+        raise ValueError(f"damping must be in [0, 1], got {damping}")
     total = float(delta_sums.weight.max(initial=0.0))  # component 0 is trained by every reporting device
     covered = delta_sums.weight > 0
     B = previous.B.astype(np.float64).copy()
     A = previous.A.astype(np.float64).copy()
-    denom = np.sqrt(delta_sums.weight[covered] * total)
+    denom = delta_sums.weight[covered] ** (1.0 - damping) * total**damping
     B[:, covered] += delta_sums.B[:, covered] / denom
     A[covered, :] += delta_sums.A[covered, :] / denom[:, None]
     return LoraFactors(B.astype(np.float32), A.astype(np.float32))

@@ -8,10 +8,10 @@ from hypothesis import strategies as st
 from trainer.factors import LoraFactors
 from trainer.lora_math import (
     LORA_INIT_A_ROW_NORM,
+    apply_component_deltas,
     component_sums,
     coverage,
     coverage_average,
-    damped_component_deltas,
     haar_orthogonal,
     normalize_weights,
     paper_average,
@@ -204,6 +204,6 @@ def test_damped_deltas_golden() -> None:
     prev = LoraFactors(np.zeros((2, 3)), np.ones((3, 2)))
     d1 = LoraFactors(np.array([[2.0], [0.0]]), np.array([[1.0, 1.0]]))
     d2 = LoraFactors(np.array([[4.0, 2.0], [0.0, 2.0]]), np.array([[3.0, 3.0], [2.0, 0.0]]))
-    out = damped_component_deltas(prev, component_sums([d1, d2], [1.0, 1.0], 3))
+    out = apply_component_deltas(prev, component_sums([d1, d2], [1.0, 1.0], 3), damping=0.5)
     np.testing.assert_allclose(out.B, [[3.0, 2 / np.sqrt(2), 0.0], [0.0, 2 / np.sqrt(2), 0.0]], rtol=1e-6)
     np.testing.assert_allclose(out.A, [[3.0, 3.0], [1 + 2 / np.sqrt(2), 1.0], [1.0, 1.0]], rtol=1e-6)

@@ -11,7 +11,7 @@ device trains are unchanged, so with equal ranks this is still FedAvg. Only rank
 
 from __future__ import annotations
 
-from trainer.lora_math import damped_component_deltas
+from trainer.lora_math import apply_component_deltas
 from trainer.strategies.base import AggregateSums, GlobalAdapter
 from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 
@@ -20,5 +20,5 @@ class HetLoRADamped(HetLoRADeltaResidual):
     name = "hetlora-damped"
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {m: damped_component_deltas(current.factors[m], s) for m, s in sums.factor_sums.items()}
+        factors = {m: apply_component_deltas(current.factors[m], s, damping=0.5) for m, s in sums.factor_sums.items()}
         return GlobalAdapter(factors, current.scale)
