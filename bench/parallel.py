@@ -51,6 +51,15 @@ def job_grid(corpora: list[str], seeds: list[str], strategies: list[str], mixes:
     return jobs
 
 
+def explicit_jobs(text: str) -> list[tuple]:
+    """``corpus:mix:seed:strategy,...`` as job tuples, in the order given (priority order for a short lease)."""
+    jobs = [tuple(job.split(":")) for job in text.split(",") if job]
+    bad = [":".join(job) for job in jobs if len(job) != 4 or not all(job)]
+    if bad:
+        raise ValueError(f"--jobs entries are corpus:mix:seed:strategy, not {', '.join(bad)}")
+    return jobs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -60,12 +69,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--strategies", default=ALL)
     p.add_argument("--rank-mixes", default="uniform_int", help="first is the main mix")
+    p.add_argument(
+        "--jobs",
+        default="",
+        help="corpus:mix:seed:strategy,... in priority order instead of the grid (fills gaps in earlier runs)",
+    )
     p.add_argument("quality_args", nargs=argparse.REMAINDER, help="after --: passed to every bench/quality.py job")
     args = p.parse_args(argv)
     extra = [a for a in args.quality_args if a != "--"]
-    jobs = job_grid(
-        args.corpora.split(","), args.seeds.split(","), args.strategies.split(","), args.rank_mixes.split(",")
-    )
+    if args.jobs:
+        try:
+            jobs = explicit_jobs(args.jobs)
+        except ValueError as e:
+            p.error(str(e))
+    else:
+        jobs = job_grid(
+            args.corpora.split(","), args.seeds.split(","), args.strategies.split(","), args.rank_mixes.split(",")
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
