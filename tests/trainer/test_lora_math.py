@@ -198,6 +198,17 @@ def test_rotation_spreads_the_norm_of_b_inside_a_block() -> None:
     np.testing.assert_array_equal(rotate_within_blocks(f, [1], np.random.default_rng(0)).B, f.B)  # 1-wide blocks
 
 
+def test_fedavg_deltas_golden() -> None:
+    """Damping 1 is FedAvg of zero-padded changes: devices of weight 1 and 3, ranks 1 and 2; component 0 moves
+    by (1·δ1 + 3·δ2) / 4 and component 1, which only the second device trained, by 3·δ2 / 4."""
+    prev = LoraFactors(np.zeros((1, 2)), np.zeros((2, 1)))
+    d1 = LoraFactors(np.array([[4.0]]), np.array([[8.0]]))
+    d2 = LoraFactors(np.array([[8.0, 4.0]]), np.array([[4.0], [8.0]]))
+    out = apply_component_deltas(prev, component_sums([d1, d2], [1.0, 3.0], 2), damping=1.0)
+    np.testing.assert_allclose(out.B, [[7.0, 3.0]], rtol=1e-6)
+    np.testing.assert_allclose(out.A, [[5.0], [6.0]], rtol=1e-6)
+
+
 def test_damped_deltas_golden() -> None:
     """Two devices of weight 1, ranks 1 and 2: component 0 moves by their mean change, component 1 (trained by
     one device of a cohort weighing 2) by its change / √(1·2), and an untrained component 2 not at all."""

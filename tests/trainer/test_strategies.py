@@ -110,9 +110,10 @@ def test_contribution_upload_sizes() -> None:
     assert flex.upload_floats() == 2 + 6 * 5 + 3 * 5
 
 
-def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained() -> None:
+@pytest.mark.parametrize("name", ["hetlora-delta", "hetlora-damped", "hetlora-fedavg-delta"])
+def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained(name: str) -> None:
     rng = np.random.default_rng(6)
-    delta = make_strategy("hetlora-delta", CFG)
+    delta = make_strategy(name, CFG)
     hom = make_strategy("homlora-max", CFG)
     glob = delta.initial(SHAPES, 0)
     glob = type(glob)(random_factors(rng, 4), glob.scale)
@@ -166,7 +167,7 @@ def test_rebase_keeps_components_nobody_trained_trainable() -> None:
         assert np.allclose(dead.A[1:], 0.0, atol=1e-6)
 
 
-RESIDUAL = ("hetlora-delta-residual", "hetlora-damped")
+RESIDUAL = ("hetlora-delta-residual", "hetlora-damped", "hetlora-fedavg-delta")
 
 
 @pytest.mark.parametrize("name", RESIDUAL)
@@ -193,3 +194,18 @@ def test_residual_aggregates_like_delta_and_other_strategies_freeze_nothing() ->
     for m in SHAPES:
         np.testing.assert_array_equal(res.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)
     assert all(make_strategy(n, CFG).frozen(glob, 2) == {} for n in strategy_names() if n not in RESIDUAL)
+
+
+def test_fedavg_delta_weights_each_change_by_its_share_of_the_cohort() -> None:
+    """Ranks 1 and 4, equal weight: component 0 moves by the mean change, components 1–3 by half the rank-4 change."""
+    fed, delta = make_strategy("hetlora-fedavg-delta", CFG), make_strategy("hetlora-delta", CFG)
+    rng = np.random.default_rng(12)
+    glob = type(fed.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
+    low, high = fed.distribute(glob, 1), fed.distribute(glob, 4)
+    moved_low, moved_high = random_factors(rng, 1), random_factors(rng, 4)
+    sums = sum_contributions([fed.contribution(low, moved_low, 2), fed.contribution(high, moved_high, 2)], 4)
+    for m in SHAPES:
+        g, f, d = glob.factors[m], fed.aggregate(glob, sums).factors[m], delta.aggregate(glob, sums).factors[m]
+        np.testing.assert_allclose(f.B[:, 0], d.B[:, 0], atol=1e-6)  # trained by everyone: the same mean
+        np.testing.assert_allclose(f.B[:, 1:] - g.B[:, 1:], 0.5 * (d.B[:, 1:] - g.B[:, 1:]), atol=1e-5)
+        np.testing.assert_allclose(f.A[1:] - g.A[1:], 0.5 * (d.A[1:] - g.A[1:]), atol=1e-5)

