@@ -118,6 +118,7 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 bench-quality-horizon:  ## the CPU configuration over 30 rounds instead of 12 (chitchat, seed 0) -> bench/results/cpu-long/
 	$(PY) bench/parallel.py --out bench/results/cpu-long --workers 2 --jobs $(subst $(space),$(comma),$(foreach s,\
 	    hetlora-damped hetlora-rebase homlora homlora-max hetlora-fedavg-delta,chitchat:uniform_int:0:$(s))) -- --rounds 30
+	$(PY) bench/combine.py bench/results/cpu-long --out bench/results --prefix quality-horizon
 
 GPU_ARGS := --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4
 
