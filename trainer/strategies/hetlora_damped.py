@@ -18,7 +18,10 @@ from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 
 class HetLoRADamped(HetLoRADeltaResidual):
     name = "hetlora-damped"
+    damping = 0.5  # component j's mean change is scaled by (W_j / W) ** damping (lora_math.apply_component_deltas)
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {m: apply_component_deltas(current.factors[m], s, damping=0.5) for m, s in sums.factor_sums.items()}
+        factors = {
+            m: apply_component_deltas(current.factors[m], s, damping=self.damping) for m, s in sums.factor_sums.items()
+        }
         return GlobalAdapter(factors, current.scale)

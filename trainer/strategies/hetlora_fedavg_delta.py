@@ -15,14 +15,9 @@ that line; it needs only rank-bucket sums and the cohort's total weight.
 
 from __future__ import annotations
 
-from trainer.lora_math import apply_component_deltas
-from trainer.strategies.base import AggregateSums, GlobalAdapter
-from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
+from trainer.strategies.hetlora_damped import HetLoRADamped
 
 
-class HetLoRAFedAvgDelta(HetLoRADeltaResidual):
+class HetLoRAFedAvgDelta(HetLoRADamped):
     name = "hetlora-fedavg-delta"
-
-    def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {m: apply_component_deltas(current.factors[m], s, damping=1.0) for m, s in sums.factor_sums.items()}
-        return GlobalAdapter(factors, current.scale)
+    damping = 1.0
