@@ -1,11 +1,12 @@
 """``hetlora-fedavg-delta``: residual training, and each device's change averaged over the whole cohort.
 
-``hetlora-delta`` moves component j by the mean change of the devices that trained it. Summed over the
-components, that counts a device's correction once per device that made it: a rank-2 device packs its whole
-local improvement into components 0–1 while a rank-32 device spreads the same improvement over 32, and the
-per-component means add the two. First-order FedAvg of the products (δ(BA) ≈ δB·A + B·δA, what FlexLoRA
-computes at full size) instead weights each device's change by n_k / W, as if the devices that did not train
-j had changed it by zero. That is damping 1 in ``lora_math.apply_component_deltas``; ``hetlora-damped`` is ½.
+``hetlora-delta`` moves component j by the mean change of only the devices that trained it. A rank-2 device
+packs its whole local improvement into components 0–1 while a rank-32 device spreads the same improvement
+over 32, so the per-component means apply the strong device's corrections in components 2–31 at full weight
+on top of both devices' corrections in 0–1: the same improvement counted more than once. First-order FedAvg
+of the products (δ(BA) ≈ δB·A + B·δA, what FlexLoRA computes at full size) instead weights each device's
+change by n_k / W, as if the devices that did not train j had changed it by zero: damping 1 in
+``lora_math.apply_component_deltas`` (``hetlora-damped`` uses ½).
 
 In the reference configuration the delta family led ``hetlora-rebase`` by ~10 points for 12 rounds, then
 decayed, and the decay shrank with damping (``hetlora-delta-residual`` 59 % / 43 %, ``hetlora-damped`` 66 % /
