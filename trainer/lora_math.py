@@ -127,7 +127,7 @@ def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums, dam
     W_j = Σ_{k: r_k > j} w_k is the weight of the devices that trained j and W the cohort's total. With
     ``damping`` 0 component j moves by its cohort's mean change; with ½ (``hetlora-damped``) that mean is
     scaled by √(W_j / W), so components few devices trained take smaller steps and those everyone trained
-    are unchanged.
+    are unchanged; with 1 (``hetlora-fedavg-delta``) it is FedAvg of the zero-padded changes, Σ w_k δ_k / W.
     """
     if not 0.0 <= damping <= 1.0:
         raise ValueError(f"damping must be in [0, 1], got {damping}")
