@@ -141,6 +141,7 @@ GPU_CANDIDATE_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-damped $(I):$(s
     $(I):$(s):hetlora-delta-residual) $(foreach s,1 2,$(I):$(s):homlora $(I):$(s):homlora-max)
 comma := ,
 space := $(empty) $(empty)
+gpu_jobs = $(subst $(space),$(comma),$(strip $(1)))
 
 # $(1): the job folder under runs/, $(2): the output prefix, $(3)-$(5): the earlier files (with --merge) that
 # chitchat, the skewed mix and iambic are merged with.
@@ -155,23 +156,32 @@ endef
 
 bench-quality-gpu-candidates:  ## the 2026-11-23 GPU run: candidates and missing seeds, merged with bench/results/gpu
 	$(PY) bench/parallel.py --out runs/gpu-cand/chitchat --workers 8 \
-	    --jobs $(subst $(space),$(comma),$(strip $(GPU_CANDIDATE_JOBS_CHITCHAT))) -- $(GPU_ARGS) --eval-blocks 8
+	    --jobs $(call gpu_jobs,$(GPU_CANDIDATE_JOBS_CHITCHAT)) -- $(GPU_ARGS) --eval-blocks 8
 	$(PY) bench/parallel.py --out runs/gpu-cand/iambic --workers 8 \
-	    --jobs $(subst $(space),$(comma),$(strip $(GPU_CANDIDATE_JOBS_IAMBIC))) -- $(GPU_ARGS) --eval-blocks 4
+	    --jobs $(call gpu_jobs,$(GPU_CANDIDATE_JOBS_IAMBIC)) -- $(GPU_ARGS) --eval-blocks 4
 	$(call merge_gpu_run,gpu-cand,quality-gpu-candidates,--merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-chitchat-heavy_tail_light.json --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json)
 
-GPU_FEDAVG_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-fedavg-delta) $(U):1:hetlora-rotate $(U):2:hetlora-rotate \
-    $(foreach s,0 1 2,$(S):$(s):hetlora-fedavg-delta)
-GPU_FEDAVG_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-fedavg-delta $(I):$(s):hetlora-rotate)
+# The next GPU run, in priority order: hetlora-spread on all three populations first, then
+# hetlora-fedavg-delta, then hetlora-rotate's missing seeds. Each line is one wave of at most 8 jobs.
+GPU_SPREAD_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-spread $(S):$(s):hetlora-spread) \
+    $(U):1:hetlora-rotate $(U):2:hetlora-rotate
+GPU_SPREAD_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-spread $(I):$(s):hetlora-fedavg-delta) \
+    $(I):0:hetlora-rotate $(I):1:hetlora-rotate
+GPU_FEDAVG_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-fedavg-delta $(S):$(s):hetlora-fedavg-delta)
+GPU_FEDAVG_JOBS_IAMBIC := $(I):2:hetlora-rotate
 
-bench-quality-gpu-fedavg:  ## next GPU run: hetlora-fedavg-delta (3 seeds) and hetlora-rotate's missing seeds, merged with the candidates
-	$(PY) bench/parallel.py --out runs/gpu-fedavg/chitchat --workers 8 \
-	    --jobs $(subst $(space),$(comma),$(strip $(GPU_FEDAVG_JOBS_CHITCHAT))) -- $(GPU_ARGS) --eval-blocks 8
-	$(PY) bench/parallel.py --out runs/gpu-fedavg/iambic --workers 8 \
-	    --jobs $(subst $(space),$(comma),$(strip $(GPU_FEDAVG_JOBS_IAMBIC))) -- $(GPU_ARGS) --eval-blocks 4
-	$(call merge_gpu_run,gpu-fedavg,quality-gpu-fedavg,--merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json,\
+bench-quality-gpu-spread:  ## next GPU run: hetlora-spread (3 seeds), then hetlora-fedavg-delta and hetlora-rotate's missing seeds
+	$(PY) bench/parallel.py --out runs/gpu-next/chitchat --workers 8 \
+	    --jobs $(call gpu_jobs,$(GPU_SPREAD_JOBS_CHITCHAT)) -- $(GPU_ARGS) --eval-blocks 8
+	$(PY) bench/parallel.py --out runs/gpu-next/iambic --workers 8 \
+	    --jobs $(call gpu_jobs,$(GPU_SPREAD_JOBS_IAMBIC)) -- $(GPU_ARGS) --eval-blocks 4
+	$(PY) bench/parallel.py --out runs/gpu-next/chitchat --workers 8 \
+	    --jobs $(call gpu_jobs,$(GPU_FEDAVG_JOBS_CHITCHAT)) -- $(GPU_ARGS) --eval-blocks 8
+	$(PY) bench/parallel.py --out runs/gpu-next/iambic --workers 8 \
+	    --jobs $(call gpu_jobs,$(GPU_FEDAVG_JOBS_IAMBIC)) -- $(GPU_ARGS) --eval-blocks 4
+	$(call merge_gpu_run,gpu-next,quality-gpu-spread,--merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json)
 

@@ -25,6 +25,7 @@ ALL = ",".join(
     (
         "homlora",
         "homlora-max",
+        "hetlora-spread",
         "hetlora-fedavg-delta",
         "hetlora-damped",
         "hetlora-delta-residual",

@@ -70,6 +70,7 @@ def run_task(
         task.seed,
         steps,
         frozen=task.frozen,
+        basis=strategy.training_basis(task.factors, task.seed),
     )
     spend = record_spend(privacy, steps, train.steps) if steps is not None else None
     contribution = strategy.contribution(task.factors, result.factors, data.num_train_examples)

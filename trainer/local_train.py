@@ -8,7 +8,7 @@ shrinks to ⌊γ r⌋ when it went down (spec §5.1b step 3).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 
 from trainer.data.types import TokenBlocks
 from trainer.factors import LoraFactors, ModuleFactors
+from trainer.lora_math import rotate
 from trainer.peft_bridge import deltas_merged, frozen_deltas, live_factors, lora_attached, read_factors
 from trainer.privacy.dp_sgd import per_example_loss, poisson_batches, private_training
 from trainer.pruning import PruneConfig, pruned_rank, tail_score, tail_start
@@ -70,6 +71,29 @@ def batch_schedule(num_blocks: int, steps: int, batch_size: int, seed: int) -> l
     return [np.asarray(order[i * batch_size : (i + 1) * batch_size]) for i in range(steps)]
 
 
+def rotated(factors: ModuleFactors, basis: Mapping[str, np.ndarray] | None, undo: bool = False) -> ModuleFactors:
+    """Each module's factors in its training basis (or back, with ``undo``); unchanged where none is given."""
+    if not basis:
+        return factors
+    return {m: rotate(f, basis[m].T if undo else basis[m]) if m in basis else f for m, f in factors.items()}
+
+
+def received_basis(
+    live: dict[str, tuple[torch.Tensor, torch.Tensor]], basis: Mapping[str, np.ndarray] | None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The live (B, A) expressed back in the received basis, differentiably, so the tail penalty sees the tail."""
+    if not basis:
+        return live
+    out = {}
+    for m, (B, A) in live.items():
+        if m not in basis:
+            out[m] = (B, A)
+            continue
+        q = torch.as_tensor(basis[m], dtype=B.dtype, device=B.device)
+        out[m] = (B @ q.T, q @ A)
+    return out
+
+
 def _tail_total(factors: ModuleFactors, tau: int, prune: PruneConfig) -> float:
     with torch.no_grad():
         return float(
@@ -92,12 +116,15 @@ def train_local(
     private: PrivateSteps | None = None,
     batches: list[np.ndarray] | None = None,
     frozen: ModuleFactors | None = None,
+    basis: Mapping[str, np.ndarray] | None = None,
 ) -> LocalResult:
     """Train a rank-``rank`` LoRA starting from ``received``; returns factors truncated to the new rank.
 
     With ``private`` the steps are DP-SGD on Poisson-sampled batches; ``batches`` overrides the sampling
     (tests compare the two paths on the same batches). ``frozen`` factors (ΔW = B·A, scale included) are
-    merged into the base weights while training and removed afterwards.
+    merged into the base weights while training and removed afterwards. With ``basis`` (an orthogonal Q per
+    module) AdamW steps in the rotated factors B·Q, Qᵀ·A; the tail penalty, pruning and the result stay in
+    the received basis.
     """
     torch.manual_seed(seed)
     dp_seed = (private.entropy if private.entropy is not None else secrets.randbits(63)) if private else seed
@@ -113,7 +140,7 @@ def train_local(
         raise ValueError(f"frozen factors name modules the task does not adapt: {sorted(set(frozen) - set(received))}")
     with (
         deltas_merged(model, frozen_deltas(frozen or {})),
-        lora_attached(model, received, rank, scaling) as peft_model,
+        lora_attached(model, rotated(received, basis), rank, scaling) as peft_model,
     ):
         peft_model.train()
         params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -126,7 +153,8 @@ def train_local(
 
             def tail_penalty() -> torch.Tensor:
                 """λ·Σ ||B_tail||·||A_tail|| on the live parameters (the device's data plays no part)."""
-                return lam * torch.stack([tail_score(B, A, tau, form) for B, A in live.values()]).sum()
+                tails = [tail_score(B, A, tau, form) for B, A in received_basis(live, basis).values()]
+                return lam * torch.stack(tails).sum()
 
             penalty = tail_penalty
         if private is None:
@@ -134,7 +162,7 @@ def train_local(
         else:
             losses = _private_steps(peft_model, blocks, batches, optimizer, penalty, private, dp_seed)
         peft_model.eval()
-        trained = read_factors(peft_model)
+        trained = dict(rotated(read_factors(peft_model), basis, undo=True))
     tail_before = tail_after = 0.0
     new_rank = rank
     if prune is not None and prune.active:

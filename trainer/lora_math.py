@@ -189,6 +189,15 @@ def haar_orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
+def rotate(factors: LoraFactors, q: np.ndarray) -> LoraFactors:
+    """B·Q, Qᵀ·A for an orthogonal r × r ``q``: the same product in another basis (``qᵀ`` undoes it)."""
+    if q.shape != (factors.rank, factors.rank):
+        raise ValueError(f"rotation is {q.shape}, factors have rank {factors.rank}")
+    B = factors.B.astype(np.float64) @ q
+    A = q.T @ factors.A.astype(np.float64)
+    return LoraFactors(B.astype(np.float32), A.astype(np.float32))
+
+
 def rotate_within_blocks(factors: LoraFactors, edges: Sequence[int], rng: np.random.Generator) -> LoraFactors:
     """B·Q, Qᵀ·A with Q block-diagonal: a random rotation inside each block [edges[i], edges[i+1]).
 

@@ -10,9 +10,11 @@ import torch
 from transformers import PreTrainedModel
 
 from trainer.data.types import TokenBlocks
-from trainer.local_train import TrainConfig, batch_schedule, train_local
+from trainer.factors import LoraFactors
+from trainer.local_train import TrainConfig, batch_schedule, received_basis, train_local
+from trainer.lora_math import haar_orthogonal
 from trainer.peft_bridge import adapted_modules
-from trainer.pruning import PruneConfig
+from trainer.pruning import PruneConfig, tail_score
 from trainer.scaling import Scaling
 from trainer.strategies import StrategyConfig, make_strategy
 
@@ -21,6 +23,17 @@ def blocks(n: int = 8, seq: int = 16, vocab: int = 49152) -> TokenBlocks:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (n, seq), generator=g)
     return TokenBlocks(ids, ids.clone(), torch.ones_like(ids))
+
+
+def _random_received(shapes: dict, rank: int, seed: int) -> dict[str, LoraFactors]:
+    rng = np.random.default_rng(seed)
+    return {
+        m: LoraFactors(
+            rng.normal(0, 0.1, (s.d_out, rank)).astype(np.float32),
+            rng.normal(0, 0.1, (rank, s.d_in)).astype(np.float32),
+        )
+        for m, s in shapes.items()
+    }
 
 
 def test_batch_schedule_is_seeded_and_covers_blocks() -> None:
@@ -45,16 +58,7 @@ def test_training_moves_factors_and_restores_the_base(tiny_model_factory: Callab
 
 def test_tail_penalty_shrinks_tail_and_triggers_pruning(tiny_model_factory: Callable[..., PreTrainedModel]) -> None:
     model = tiny_model_factory()
-    shapes = adapted_modules(model)
-    rng = np.random.default_rng(0)
-    from trainer.factors import LoraFactors
-
-    received = {
-        m: LoraFactors(
-            rng.normal(0, 0.1, (s.d_out, 4)).astype(np.float32), rng.normal(0, 0.1, (4, s.d_in)).astype(np.float32)
-        )
-        for m, s in shapes.items()
-    }
+    received = _random_received(adapted_modules(model), 4, 0)
     cfg = TrainConfig(steps=3, lr=5e-2)
     strong = train_local(model, blocks(), received, 4, Scaling(), cfg, PruneConfig(gamma=0.5, lam=10.0, r_min=1), 0)
     assert strong.tail_after < strong.tail_before
@@ -69,7 +73,6 @@ def test_frozen_residual_is_trained_on_top_of_and_removed_afterwards(
     tiny_model_factory: Callable[..., PreTrainedModel],
 ) -> None:
     """Training with a frozen ΔW equals training a model whose base already holds it; the base is restored."""
-    from trainer.factors import LoraFactors
     from trainer.peft_bridge import deltas_merged, frozen_deltas
 
     model = tiny_model_factory()
@@ -95,3 +98,43 @@ def test_frozen_residual_is_trained_on_top_of_and_removed_afterwards(
         np.testing.assert_allclose(with_frozen.factors[m].A, merged.factors[m].A, rtol=1e-5, atol=1e-6)
     assert with_frozen.train_loss == pytest.approx(merged.train_loss, rel=1e-5)
     assert with_frozen.train_loss != pytest.approx(without.train_loss, rel=1e-4)
+
+
+def test_training_basis_changes_the_steps_but_not_the_start_or_the_basis_of_the_result(
+    tiny_model_factory: Callable[..., PreTrainedModel],
+) -> None:
+    model = tiny_model_factory()
+    shapes = adapted_modules(model)
+    received = _random_received(shapes, 4, 4)
+    basis = {m: haar_orthogonal(4, np.random.default_rng(i)) for i, m in enumerate(sorted(shapes))}
+    still = train_local(model, blocks(), received, 4, Scaling(), TrainConfig(steps=1, lr=1e-12), None, 0, basis=basis)
+    for m in shapes:  # a vanishing step: what comes back is what was received, rotated back
+        np.testing.assert_allclose(still.factors[m].B, received[m].B, atol=1e-5)
+        np.testing.assert_allclose(still.factors[m].A, received[m].A, atol=1e-5)
+    cfg = TrainConfig(steps=1, lr=1e-2)
+    plain = train_local(model, blocks(), received, 4, Scaling(), cfg, None, 0)
+    turned = train_local(model, blocks(), received, 4, Scaling(), cfg, None, 0, basis=basis)
+    assert turned.train_loss == pytest.approx(plain.train_loss, rel=1e-5)  # same product before the step
+    m = sorted(shapes)[0]  # AdamW steps each coordinate, so the step itself depends on the basis
+    assert not np.allclose(turned.factors[m].product(), plain.factors[m].product(), atol=1e-6)
+
+
+def test_tail_penalty_and_pruning_work_in_the_received_basis(
+    tiny_model_factory: Callable[..., PreTrainedModel],
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    B, A, q = (
+        torch.randn(6, 4, generator=g),
+        torch.randn(4, 5, generator=g),
+        haar_orthogonal(4, np.random.default_rng(0)),
+    )
+    qt = torch.from_numpy(q).float()
+    back = received_basis({"m": (B @ qt, qt.T @ A)}, {"m": q})["m"]
+    assert torch.allclose(tail_score(*back, 2), tail_score(B, A, 2), rtol=1e-5)
+    model = tiny_model_factory()
+    shapes = adapted_modules(model)
+    received = _random_received(shapes, 4, 0)
+    basis = {m: haar_orthogonal(4, np.random.default_rng(7)) for m in shapes}
+    prune = PruneConfig(gamma=0.5, lam=10.0, r_min=1)
+    res = train_local(model, blocks(), received, 4, Scaling(), TrainConfig(steps=3, lr=5e-2), prune, 0, basis=basis)
+    assert res.tail_after < res.tail_before and res.rank == 2

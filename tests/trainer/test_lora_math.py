@@ -16,6 +16,7 @@ from trainer.lora_math import (
     normalize_weights,
     paper_average,
     product_norm,
+    rotate,
     rotate_within_blocks,
     svd_basis,
     truncate,
@@ -218,3 +219,18 @@ def test_damped_deltas_golden() -> None:
     out = apply_component_deltas(prev, component_sums([d1, d2], [1.0, 1.0], 3), damping=0.5)
     np.testing.assert_allclose(out.B, [[3.0, 2 / np.sqrt(2), 0.0], [0.0, 2 / np.sqrt(2), 0.0]], rtol=1e-6)
     np.testing.assert_allclose(out.A, [[3.0, 3.0], [1 + 2 / np.sqrt(2), 1.0], [1.0, 1.0]], rtol=1e-6)
+
+
+def test_rotate_keeps_the_product_and_its_transpose_undoes_it() -> None:
+    """Golden case: B = [[1, 2]], A = I, Q swaps the components: B·Q = [[2, 1]], Qᵀ·A = Q."""
+    f = LoraFactors(np.array([[1.0, 2.0]], np.float32), np.eye(2, dtype=np.float32))
+    q = np.array([[0.0, 1.0], [1.0, 0.0]])
+    r = rotate(f, q)
+    np.testing.assert_array_equal(r.B, [[2.0, 1.0]])
+    np.testing.assert_array_equal(r.A, q)
+    g = LoraFactors(np.random.default_rng(1).normal(size=(5, 3)), np.random.default_rng(2).normal(size=(3, 4)))
+    h = haar_orthogonal(3, np.random.default_rng(3))
+    np.testing.assert_allclose(rotate(g, h).product(), g.product(), atol=1e-5)
+    np.testing.assert_allclose(rotate(rotate(g, h), h.T).B, g.B, atol=1e-5)
+    with pytest.raises(ValueError, match="rank 3"):
+        rotate(g, np.eye(2))

@@ -209,3 +209,19 @@ def test_fedavg_delta_weights_each_change_by_its_share_of_the_cohort() -> None:
         np.testing.assert_allclose(f.B[:, 0], d.B[:, 0], atol=1e-6)  # trained by everyone: the same mean
         np.testing.assert_allclose(f.B[:, 1:] - g.B[:, 1:], 0.5 * (d.B[:, 1:] - g.B[:, 1:]), atol=1e-5)
         np.testing.assert_allclose(f.A[1:] - g.A[1:], 0.5 * (d.A[1:] - g.A[1:]), atol=1e-5)
+
+
+def test_spread_trains_each_module_in_its_own_rotation_and_aggregates_like_rebase() -> None:
+    spread, reb = make_strategy("hetlora-spread", CFG), make_strategy("hetlora-rebase", CFG)
+    rng = np.random.default_rng(13)
+    glob = type(spread.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
+    sent = spread.distribute(glob, 3)
+    basis = spread.training_basis(sent, seed=5)
+    assert set(basis) == set(SHAPES) and not np.allclose(basis["m.q_proj"], basis["m.k_proj"])
+    for q in basis.values():
+        np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
+    np.testing.assert_array_equal(spread.training_basis(sent, seed=5)["m.q_proj"], basis["m.q_proj"])
+    assert all(make_strategy(n, CFG).training_basis(sent, 5) == {} for n in strategy_names() if n != "hetlora-spread")
+    sums = sum_contributions([spread.contribution(sent, random_factors(rng, 3), 2)], 4)
+    for m in SHAPES:
+        np.testing.assert_array_equal(spread.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)

@@ -20,6 +20,7 @@ from trainer.strategies.hetlora_fedavg_delta import HetLoRAFedAvgDelta
 from trainer.strategies.hetlora_rebase import HetLoRARebase
 from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 from trainer.strategies.hetlora_rotate import HetLoRARotate
+from trainer.strategies.hetlora_spread import HetLoRASpread
 from trainer.strategies.hetlora_svd import HetLoRASVD
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
 
@@ -57,6 +58,7 @@ for _cls in (
     HetLoRARebase,
     HetLoRADeltaResidual,
     HetLoRARotate,
+    HetLoRASpread,
     HetLoRADamped,
     HetLoRAFedAvgDelta,
     FlexLoRA,

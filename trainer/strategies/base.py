@@ -165,6 +165,14 @@ class Strategy(ABC):
         """
         return {}
 
+    def training_basis(self, received: ModuleFactors, seed: int) -> dict[str, np.ndarray]:
+        """Device side: per module an orthogonal Q to train ``received`` in (B·Q, Qᵀ·A), undone before upload.
+
+        The product, and so the truncation the device received, is unchanged; only the coordinates AdamW
+        steps in differ. None by default: devices train in the basis they received.
+        """
+        return {}
+
     @abstractmethod
     def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:
         """Device side: what to upload, given what was received and what local training produced."""
