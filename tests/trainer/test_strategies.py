@@ -221,7 +221,24 @@ def test_spread_trains_each_module_in_its_own_rotation_and_aggregates_like_rebas
     for q in basis.values():
         np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
     np.testing.assert_array_equal(spread.training_basis(sent, seed=5)["m.q_proj"], basis["m.q_proj"])
-    assert all(make_strategy(n, CFG).training_basis(sent, 5) == {} for n in strategy_names() if n != "hetlora-spread")
+    spreading = {"hetlora-spread", "hetlora-spread-fedavg"}
+    assert all(make_strategy(n, CFG).training_basis(sent, 5) == {} for n in strategy_names() if n not in spreading)
     sums = sum_contributions([spread.contribution(sent, random_factors(rng, 3), 2)], 4)
     for m in SHAPES:
         np.testing.assert_array_equal(spread.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)
+
+
+@pytest.mark.parametrize(
+    ("spread", "same_update"), [("hetlora-spread", "hetlora-delta"), ("hetlora-spread-fedavg", "hetlora-fedavg-delta")]
+)
+def test_spread_variants_make_their_weighting_s_update_then_rebase(spread: str, same_update: str) -> None:
+    """Ranks 1 and 4: the product moves as under the delta strategy of the same damping; only the basis differs."""
+    s, d = make_strategy(spread, CFG), make_strategy(same_update, CFG)
+    rng = np.random.default_rng(14)
+    glob = type(s.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
+    low, high = s.distribute(glob, 1), s.distribute(glob, 4)
+    sums = sum_contributions(
+        [s.contribution(low, random_factors(rng, 1), 2), s.contribution(high, random_factors(rng, 4), 3)], 4
+    )
+    for m in SHAPES:
+        np.testing.assert_allclose(s.aggregate(glob, sums).delta(m), d.aggregate(glob, sums).delta(m), atol=1e-4)

@@ -11,17 +11,9 @@ device trains are unchanged, so with equal ranks this is still FedAvg. Only rank
 
 from __future__ import annotations
 
-from trainer.lora_math import apply_component_deltas
-from trainer.strategies.base import AggregateSums, GlobalAdapter
 from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 
 
 class HetLoRADamped(HetLoRADeltaResidual):
     name = "hetlora-damped"
-    damping = 0.5  # component j's mean change is scaled by (W_j / W) ** damping (lora_math.apply_component_deltas)
-
-    def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {
-            m: apply_component_deltas(current.factors[m], s, damping=self.damping) for m, s in sums.factor_sums.items()
-        }
-        return GlobalAdapter(factors, current.scale)
+    damping = 0.5

@@ -20,6 +20,7 @@ from trainer.strategies.hetlora import HetLoRA
 class HetLoRADelta(HetLoRA):
     name = "hetlora-delta"
     uploads_update = True
+    damping = 0.0  # component j's mean change is scaled by (W_j / W) ** damping (lora_math.apply_component_deltas)
 
     def contribution(self, received: ModuleFactors, trained: ModuleFactors, num_examples: int) -> Contribution:
         deltas = {}
@@ -29,5 +30,5 @@ class HetLoRADelta(HetLoRA):
         return Contribution(weight={m: float(num_examples) for m in trained}, factors=deltas)
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {m: apply_component_deltas(current.factors[m], s) for m, s in sums.factor_sums.items()}
+        factors = {m: apply_component_deltas(current.factors[m], s, self.damping) for m, s in sums.factor_sums.items()}
         return GlobalAdapter(factors, current.scale)

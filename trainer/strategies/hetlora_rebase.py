@@ -19,5 +19,8 @@ class HetLoRARebase(HetLoRADelta):
     name = "hetlora-rebase"
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {m: svd_basis(apply_component_deltas(current.factors[m], s)) for m, s in sums.factor_sums.items()}
+        factors = {
+            m: svd_basis(apply_component_deltas(current.factors[m], s, self.damping))
+            for m, s in sums.factor_sums.items()
+        }
         return GlobalAdapter(factors, current.scale)
