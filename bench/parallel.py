@@ -63,6 +63,11 @@ def explicit_jobs(text: str) -> list[tuple]:
     return jobs
 
 
+def threads_per_job(workers: int, cpus: int | None) -> int:
+    """Split the cores between concurrent jobs; one job alone gets them all (1 each overcommits nothing)."""
+    return max(1, (cpus or 1) // max(1, workers))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
@@ -90,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             args.corpora.split(","), args.seeds.split(","), args.strategies.split(","), args.rank_mixes.split(",")
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    threads = str(threads_per_job(args.workers, os.cpu_count()))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
     pending, running, failed = list(jobs), {}, []
     while pending or running:

@@ -55,3 +55,10 @@ def test_finished_jobs_are_not_rerun(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "chitchat-uniform_int-s0-homlora.json").write_text("{}")
     assert parallel.main(["--out", str(tmp_path), "--jobs", "chitchat:uniform_int:0:homlora"]) == 0
     assert "0 failed; 0 not started" in capsys.readouterr().out
+
+
+def test_jobs_share_the_cores_without_overcommitting() -> None:
+    assert parallel.threads_per_job(1, 2) == 2  # a single CPU job uses both cores
+    assert parallel.threads_per_job(2, 2) == 1
+    assert parallel.threads_per_job(8, 16) == 2
+    assert parallel.threads_per_job(10, 2) == 1 and parallel.threads_per_job(1, None) == 1
