@@ -10,7 +10,7 @@ only the aggregate, so the strategy runs on rank-bucket sums under secure aggreg
 
 from __future__ import annotations
 
-from trainer.lora_math import apply_component_deltas, svd_basis
+from trainer.lora_math import svd_basis
 from trainer.strategies.base import AggregateSums, GlobalAdapter
 from trainer.strategies.hetlora_delta import HetLoRADelta
 
@@ -19,8 +19,5 @@ class HetLoRARebase(HetLoRADelta):
     name = "hetlora-rebase"
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {
-            m: svd_basis(apply_component_deltas(current.factors[m], s, self.damping))
-            for m, s in sums.factor_sums.items()
-        }
-        return GlobalAdapter(factors, current.scale)
+        moved = super().aggregate(current, sums)
+        return GlobalAdapter({m: svd_basis(f) for m, f in moved.factors.items()}, current.scale)

@@ -9,7 +9,7 @@ strategy still runs on rank-bucket sums under secure aggregation.
 
 from __future__ import annotations
 
-from trainer.lora_math import apply_component_deltas, balanced_svd_basis
+from trainer.lora_math import balanced_svd_basis
 from trainer.strategies.base import AggregateSums, GlobalAdapter
 from trainer.strategies.hetlora_delta import HetLoRADelta
 
@@ -18,7 +18,5 @@ class HetLoRASVD(HetLoRADelta):
     name = "hetlora-svd"
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        factors = {
-            m: balanced_svd_basis(apply_component_deltas(current.factors[m], s)) for m, s in sums.factor_sums.items()
-        }
-        return GlobalAdapter(factors, current.scale)
+        moved = super().aggregate(current, sums)
+        return GlobalAdapter({m: balanced_svd_basis(f) for m, f in moved.factors.items()}, current.scale)
