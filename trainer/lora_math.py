@@ -207,11 +207,8 @@ def rotate_within_blocks(factors: LoraFactors, edges: Sequence[int], rng: np.ran
     and with it how far AdamW's steps on A move the product).
     """
     cuts = sorted({0, factors.rank, *(e for e in edges if 0 < e < factors.rank)})
-    B = factors.B.astype(np.float64).copy()
-    A = factors.A.astype(np.float64).copy()
+    q = np.eye(factors.rank)
     for lo, hi in itertools.pairwise(cuts):
         if hi - lo > 1:
-            q = haar_orthogonal(hi - lo, rng)
-            B[:, lo:hi] = B[:, lo:hi] @ q
-            A[lo:hi] = q.T @ A[lo:hi]
-    return LoraFactors(B.astype(np.float32), A.astype(np.float32))
+            q[lo:hi, lo:hi] = haar_orthogonal(hi - lo, rng)
+    return rotate(factors, q)
