@@ -18,6 +18,7 @@ from trainer.device import Report, Task
 from trainer.privacy.federation import FederationPrivacy
 from trainer.privacy.user_dp import component_cohorts
 from trainer.store import VersionStore
+from trainer.strategies import update_strategy_names
 from trainer.strategies.base import AggregateSums, GlobalAdapter, Strategy, sum_contributions
 
 
@@ -66,7 +67,7 @@ class RoundEngine:
             raise ValueError(
                 f"user-level DP clips each device's update, and {strategy.name!r} uploads "
                 f"{'full products' if strategy.dense_upload else 'factors'}, not updates: "
-                "use hetlora-rebase, hetlora-delta or hetlora-svd"
+                f"use one of {', '.join(update_strategy_names())}"
             )
         if per_round < 1 or (device_ranks and per_round > len(device_ranks)):
             raise ValueError(f"per_round must be in [1, {len(device_ranks)}], got {per_round}")

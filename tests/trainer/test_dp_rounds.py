@@ -18,7 +18,7 @@ from trainer.privacy.device_side import BudgetExhaustedError, DevicePrivacy, pri
 from trainer.privacy.federation import FederationPrivacy, PrivacyBudgetExceededError
 from trainer.round_engine import RoundEngine
 from trainer.store import DirectoryStore, MemoryStore
-from trainer.strategies import StrategyConfig, make_strategy
+from trainer.strategies import StrategyConfig, make_strategy, update_strategy_names
 
 SHAPES = {"m.q_proj": ModuleShape(6, 5)}
 RANKS = {f"d{i}": r for i, r in enumerate([1, 2, 4, 4, 3, 2, 1, 4])}
@@ -86,8 +86,15 @@ def test_dropouts_beyond_the_tolerance_lower_the_noise_charged_in_distributed_mo
 
 def test_user_level_dp_needs_a_strategy_that_uploads_updates() -> None:
     for name in ("hetlora", "homlora", "flexlora"):
-        with pytest.raises(ValueError, match=r"uploads (factors|full products), not updates"):
+        with pytest.raises(ValueError, match=r"uploads (factors|full products), not updates") as err:
             engine(name=name)
+        assert "hetlora-spread" in str(err.value) and "flexlora" not in str(err.value).split("use one of")[1]
+
+
+def test_every_strategy_that_uploads_updates_is_offered_for_user_level_dp() -> None:
+    offered = set(update_strategy_names())
+    assert {"hetlora-rebase", "hetlora-spread", "hetlora-spread-fedavg", "hetlora-damped"} <= offered
+    assert not offered & {"hetlora", "homlora", "flexlora"}
 
 
 def test_a_device_stops_when_its_example_level_budget_is_spent(tokenizer, tiny_model_factory) -> None:

@@ -41,6 +41,11 @@ def strategy_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
+def update_strategy_names() -> tuple[str, ...]:
+    """Strategies whose devices upload their change to the factors: the ones user-level DP can clip."""
+    return tuple(n for n, f in _REGISTRY.items() if getattr(f, "uploads_update", False))
+
+
 def make_strategy(name: str, config: StrategyConfig) -> Strategy:
     try:
         factory = _REGISTRY[name]
@@ -77,4 +82,5 @@ __all__ = [
     "register",
     "strategy_names",
     "sum_contributions",
+    "update_strategy_names",
 ]
