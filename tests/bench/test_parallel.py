@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "bench" / "parallel.py"
-_spec = importlib.util.spec_from_file_location("bench_parallel", _PATH)
-assert _spec and _spec.loader
-parallel = importlib.util.module_from_spec(_spec)
-sys.modules["bench_parallel"] = parallel
-_spec.loader.exec_module(parallel)
+from tests.bench.loader import bench_module
+
+parallel = bench_module("parallel")
 
 
 def test_grid_is_seed_major_and_runs_baselines_once() -> None:
