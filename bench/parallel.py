@@ -26,6 +26,7 @@ ALL = ",".join(
         "homlora",
         "homlora-max",
         "hetlora-spread",
+        "hetlora-spread-damped",
         "hetlora-spread-fedavg",
         "hetlora-fedavg-delta",
         "hetlora-damped",

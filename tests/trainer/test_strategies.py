@@ -221,7 +221,7 @@ def test_spread_trains_each_module_in_its_own_rotation_and_aggregates_like_rebas
     for q in basis.values():
         np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
     np.testing.assert_array_equal(spread.training_basis(sent, seed=5)["m.q_proj"], basis["m.q_proj"])
-    spreading = {"hetlora-spread", "hetlora-spread-fedavg"}
+    spreading = {"hetlora-spread", "hetlora-spread-damped", "hetlora-spread-fedavg"}
     assert all(make_strategy(n, CFG).training_basis(sent, 5) == {} for n in strategy_names() if n not in spreading)
     sums = sum_contributions([spread.contribution(sent, random_factors(rng, 3), 2)], 4)
     for m in SHAPES:
@@ -229,7 +229,12 @@ def test_spread_trains_each_module_in_its_own_rotation_and_aggregates_like_rebas
 
 
 @pytest.mark.parametrize(
-    ("spread", "same_update"), [("hetlora-spread", "hetlora-delta"), ("hetlora-spread-fedavg", "hetlora-fedavg-delta")]
+    ("spread", "same_update"),
+    [
+        ("hetlora-spread", "hetlora-delta"),
+        ("hetlora-spread-damped", "hetlora-damped"),
+        ("hetlora-spread-fedavg", "hetlora-fedavg-delta"),
+    ],
 )
 def test_spread_variants_make_their_weighting_s_update_then_rebase(spread: str, same_update: str) -> None:
     """Ranks 1 and 4: the product moves as under the delta strategy of the same damping; only the basis differs."""

@@ -21,6 +21,7 @@ from trainer.strategies.hetlora_rebase import HetLoRARebase
 from trainer.strategies.hetlora_residual import HetLoRADeltaResidual
 from trainer.strategies.hetlora_rotate import HetLoRARotate
 from trainer.strategies.hetlora_spread import HetLoRASpread
+from trainer.strategies.hetlora_spread_damped import HetLoRASpreadDamped
 from trainer.strategies.hetlora_spread_fedavg import HetLoRASpreadFedAvg
 from trainer.strategies.hetlora_svd import HetLoRASVD
 from trainer.strategies.homlora import HomLoRA, HomLoRAMax
@@ -65,6 +66,7 @@ for _cls in (
     HetLoRADeltaResidual,
     HetLoRARotate,
     HetLoRASpread,
+    HetLoRASpreadDamped,
     HetLoRASpreadFedAvg,
     HetLoRADamped,
     HetLoRAFedAvgDelta,
