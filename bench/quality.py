@@ -131,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lam", type=float, default=0.01, help="HetLoRA tail penalty λ (0 = no penalty)")
     p.add_argument("--ranks", default="uniform_int")
     p.add_argument("--eval-blocks", type=int, default=3)
+    p.add_argument(
+        "--train-blocks",
+        type=int,
+        default=None,
+        help="keep only each client's first N train blocks (several local epochs a round; default: all)",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             lam=args.lam,
             rank_distribution=args.ranks,
             eval_blocks=args.eval_blocks,
+            train_blocks=args.train_blocks,
             seed=seed,
             device=args.device,
             save_versions=False,

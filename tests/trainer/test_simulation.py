@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from services.cli import build_parser, main
+from trainer.data.types import ClientDataset, TokenBlocks
+from trainer.simulation import SimulationConfig, capped_train
 from trainer.strategies import strategy_names
 
 ARGS = ["simulate", "--model", "tiny", "--clients", "6", "--per-round", "3", "--rounds", "2",
@@ -82,3 +85,21 @@ def test_every_registered_strategy_completes_a_round(tmp_path: Path) -> None:
     done = {r["strategy"]: r for r in recs if r["round"] == 1}
     assert set(done) == set(names)
     assert all(np.isfinite(r["heldout_loss"]) and r["upload_bytes"] > 0 for r in done.values())
+
+
+def _client(n_train: int) -> ClientDataset:
+    ids = torch.arange(n_train * 4).reshape(n_train, 4)
+    blocks = TokenBlocks(ids, ids.clone(), torch.ones_like(ids))
+    return ClientDataset("c0", blocks, blocks.select([0]), num_train_examples=17)
+
+
+def test_capped_train_keeps_the_first_blocks_and_the_weight() -> None:
+    capped = capped_train(_client(6), 2)
+    assert capped.train.input_ids.tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert capped.num_train_examples == 17  # the federation's weighting is unchanged
+    assert len(capped_train(_client(3), 10).train) == 3  # a cap above the data keeps all of it
+
+
+def test_train_blocks_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="train_blocks must be >= 1"):
+        SimulationConfig(train_blocks=0)
