@@ -16,6 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import device_group_loss
 
 
+def seed_mean_device_loss(recs: list[dict], group: str) -> float | None:
+    """``device_group_loss`` per seed, then the mean: each seed draws its own ranks, so seeds cannot be pooled."""
+    by_seed: dict[int, list[dict]] = {}
+    for r in recs:
+        by_seed.setdefault(r.get("seed", 0), []).append(r)
+    values = [x for x in (device_group_loss(seed_recs, group) for seed_recs in by_seed.values()) if x is not None]
+    return float(sum(values) / len(values)) if values else None
+
+
 def table(path: Path) -> str:
     data = json.loads(path.read_text())
     cfg = data["config"]
@@ -31,7 +40,7 @@ def table(path: Path) -> str:
     for name, s in data["summary"].items():
         gap = s.get("gap_closed_last5")
         recs = [r for r in data["records"] if r["strategy"] == name]
-        groups = [device_group_loss(recs, g) for g in ("strong", "weak")]
+        groups = [seed_mean_device_loss(recs, g) for g in ("strong", "weak")]
         strong, weak = ("-" if x is None else f"{x:.4f}" for x in groups)
         lines.append(
             f"| {name} | {s.get('seeds', 1)} | {s['final_loss']:.4f} (±{s.get('final_loss_spread', 0.0) / 2:.4f}) "
