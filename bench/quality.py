@@ -1,11 +1,12 @@
 """Quality benchmark: is HetLoRA better here? Real SmolLM2-135M on real per-user text, every strategy.
 
 Runs the in-process simulation (the same round engine the services drive) for HomLoRA at r_min and r_max,
-HetLoRA (paper rule), HetLoRA (coverage-corrected) and FlexLoRA on the same clients, ranks, cohorts and seeds,
-then reports per strategy the final and last-5-round mean held-out loss, the share of the r_min → r_max gap it
-closes, and the floats uploaded. Writes ``quality.json`` and ``quality.png`` under ``--out``.
+HetLoRA (paper rule), FlexLoRA, ``hetlora-rebase`` (the default) and ``hetlora-spread`` on the same clients,
+ranks, cohorts and seeds, then reports per strategy the final and last-5-round mean held-out loss, the share
+of the r_min → r_max gap it closes, and the floats uploaded. Writes ``quality.json`` and ``quality.png``
+under ``--out``.
 
-    python bench/quality.py --out bench/results                 # CPU budget, ~35 min on 2 cores
+    python bench/quality.py --out bench/results                 # CPU budget, ~45 min on 2 cores
     python bench/quality.py --out bench/results/gpu --device cuda --rounds 30 --local-steps 5 --batch-size 8 \\
         --seq-len 256 --tag gpu                                  # the reference configuration
 """
@@ -29,7 +30,7 @@ from trainer.plots import plot_heldout_loss
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.simulation import SimulationConfig, run_simulation
 
-STRATEGIES = ("homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora")
+STRATEGIES = ("homlora", "homlora-max", "hetlora", "flexlora", "hetlora-rebase", "hetlora-spread")
 HOMOGENEOUS = ("homlora", "homlora-max")
 
 

@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from trainer.strategies import DEFAULT_STRATEGY
+
 # (memory MB, GFLOP/s) per device: phones to laptops, so ranks spread over [r_min, r_max].
 PROFILES = [(1504, 400), (1508, 400), (1512, 400), (1516, 400), (1524, 400), (2000, 400)]
 
@@ -86,7 +88,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     p.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
-    p.add_argument("--strategy", default="hetlora-rebase")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=4)
     p.add_argument("--timeout", type=float, default=540, help="give up after this many seconds")

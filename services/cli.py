@@ -17,7 +17,7 @@ from services.cli_ops import add_ops_commands
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.scaling import SCALING_MODES, Scaling
-from trainer.strategies import strategy_names
+from trainer.strategies import DEFAULT_STRATEGY, EXPERIMENTAL, strategy_names
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -28,6 +28,12 @@ def _strategies(text: str) -> tuple[str, ...]:
             f"unknown strategy {', '.join(unknown) or '(none)'}; choose from {', '.join(strategy_names())}"
         )
     return names
+
+
+def _strategy_menu() -> str:
+    """The registry's names, marked the way docs/strategies.md describes them."""
+    marks = {DEFAULT_STRATEGY: " (recommended)", **dict.fromkeys(EXPERIMENTAL, " (experimental)")}
+    return ", ".join(n + marks.get(n, "") for n in strategy_names())
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -43,8 +49,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--strategy",
         type=_strategies,
-        default=("homlora", "hetlora", "flexlora"),
-        help=f"comma-separated list from: {', '.join(strategy_names())}",
+        default=f"homlora,hetlora,{DEFAULT_STRATEGY}",
+        help=f"comma-separated list from: {_strategy_menu()}; how to choose: docs/strategies.md",
     )
     p.add_argument(
         "--model",

@@ -17,6 +17,7 @@ import grpc
 
 from services.pki import init_pki, new_key_and_csr, write_private
 from trainer.privacy.options import add_dp_arguments, dp_settings
+from trainer.strategies import DEFAULT_STRATEGY
 
 T = TypeVar("T")
 
@@ -58,7 +59,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--host", default="127.0.0.1")
     orch.add_argument("--port", type=int, default=50054, help="mTLS port devices poll (0 = any free port)")
     orch.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2", help="base model the devices run")
-    orch.add_argument("--strategy", default="hetlora-rebase", help="a factor strategy (see 'hetlora simulate --help')")
+    orch.add_argument("--strategy", default=DEFAULT_STRATEGY, help="a factor strategy (see 'hetlora simulate --help')")
     orch.add_argument("--r-min", type=int, default=2)
     orch.add_argument("--r-max", type=int, default=32)
     orch.add_argument("--rounds", type=int, default=10)

@@ -6,7 +6,7 @@ receiving the task over gRPC, then masks the contribution for secure aggregation
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -27,7 +27,6 @@ class Task:
     factors: ModuleFactors
     seed: int
     component_cohorts: tuple[int, ...] = ()  # distributed DP: shares each component's noise is split into
-    frozen: ModuleFactors = field(default_factory=dict)  # rest of the global, merged into the base weights
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,6 @@ def run_task(
         strategy.prune,
         task.seed,
         steps,
-        frozen=task.frozen,
         basis=strategy.training_basis(task.factors, task.seed),
     )
     spend = record_spend(privacy, steps, train.steps) if steps is not None else None

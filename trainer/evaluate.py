@@ -13,7 +13,7 @@ import torch
 from torch.nn import functional
 
 from trainer.data.types import TokenBlocks
-from trainer.peft_bridge import deltas_merged, frozen_deltas
+from trainer.peft_bridge import deltas_merged
 from trainer.strategies.base import GlobalAdapter, Strategy
 
 
@@ -58,11 +58,7 @@ def evaluate_adapter(
 def evaluate_at_rank(
     model: torch.nn.Module, strategy: Strategy, adapter: GlobalAdapter, rank: int, heldout: Sequence[TokenBlocks]
 ) -> float:
-    """What a device of this rank runs: the global as the strategy distributes it, at the device's scale,
-    plus any frozen rest of the global the strategy sends along."""
+    """What a device of this rank runs: the global as the strategy distributes it, at the device's scale."""
     local = GlobalAdapter(dict(strategy.distribute(adapter, rank)), strategy.config.scaling.factor(rank))
-    deltas = {m: local.delta(m) for m in local.factors}
-    for m, d in frozen_deltas(strategy.frozen(adapter, rank)).items():
-        deltas[m] = deltas[m] + d
-    with deltas_merged(model, deltas):
+    with deltas_merged(model, {m: local.delta(m) for m in local.factors}):
         return mean_client_loss(model, heldout)

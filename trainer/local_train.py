@@ -17,7 +17,7 @@ import torch
 from trainer.data.types import TokenBlocks
 from trainer.factors import LoraFactors, ModuleFactors
 from trainer.lora_math import rotate
-from trainer.peft_bridge import deltas_merged, frozen_deltas, live_factors, lora_attached, read_factors
+from trainer.peft_bridge import live_factors, lora_attached, read_factors
 from trainer.privacy.dp_sgd import per_example_loss, poisson_batches, private_training
 from trainer.pruning import PruneConfig, pruned_rank, tail_score, tail_start
 from trainer.scaling import Scaling
@@ -115,14 +115,12 @@ def train_local(
     seed: int,
     private: PrivateSteps | None = None,
     batches: list[np.ndarray] | None = None,
-    frozen: ModuleFactors | None = None,
     basis: Mapping[str, np.ndarray] | None = None,
 ) -> LocalResult:
     """Train a rank-``rank`` LoRA starting from ``received``; returns factors truncated to the new rank.
 
     With ``private`` the steps are DP-SGD on Poisson-sampled batches; ``batches`` overrides the sampling
-    (tests compare the two paths on the same batches). ``frozen`` factors (ΔW = B·A, scale included) are
-    merged into the base weights while training and removed afterwards. With ``basis`` (an orthogonal Q per
+    (tests compare the two paths on the same batches). With ``basis`` (an orthogonal Q per
     module) AdamW steps in the rotated factors B·Q, Qᵀ·A; the tail penalty, pruning and the result stay in
     the received basis.
     """
@@ -136,12 +134,7 @@ def train_local(
             if private is not None
             else batch_schedule(len(blocks), cfg.steps, cfg.batch_size, seed)
         )
-    if frozen and not set(frozen) <= set(received):
-        raise ValueError(f"frozen factors name modules the task does not adapt: {sorted(set(frozen) - set(received))}")
-    with (
-        deltas_merged(model, frozen_deltas(frozen or {})),
-        lora_attached(model, rotated(received, basis), rank, scaling) as peft_model,
-    ):
+    with lora_attached(model, rotated(received, basis), rank, scaling) as peft_model:
         peft_model.train()
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -3,12 +3,12 @@
 Aggregation is written as *component sums* followed by a division rule, because that is exactly what secure
 aggregation can provide: for every rank component j, the sum of the weighted factors over the clients whose
 rank exceeds j, and the sum of their weights. The paper's rule divides every component by the cohort-wide
-weight; the coverage-corrected rule divides component j by the weight of the clients that trained it.
+weight; ``hetlora-rebase`` moves component j by the mean change of the clients that trained it, then re-bases
+the global to its SVD. Rotations (``hetlora-spread``) change the basis a device trains in, never the product.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -96,73 +96,34 @@ def paper_average(sums: ComponentSums) -> LoraFactors:
     return LoraFactors((sums.B / total).astype(np.float32), (sums.A / total).astype(np.float32))
 
 
-def coverage_average(sums: ComponentSums, previous: LoraFactors) -> LoraFactors:
-    """Component j divided by Σ_{k: r_k > j} w_k; a component nobody trained keeps its previous value.
+def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums) -> LoraFactors:
+    """previous + (Σ w_k δ_k)_j / W_j per component j; untouched where nobody trained j.
 
-    Removes the zero-padding dilution of spec §4.2 (the c_j shrinkage) and the collapse of untrained
-    components, while needing only the per-bucket sums secure aggregation already provides.
+    W_j = Σ_{k: r_k > j} w_k is the weight of the devices that trained component j, so each component moves by
+    its own cohort's weighted mean change: a component few devices trained is not shrunk by the others' zeros,
+    and one nobody trained keeps its value. With equal ranks this is FedAvg of the factors.
     """
-    covered = sums.weight > 0
-    if not covered[0]:
-        raise ValueError("cohort weight is zero: nothing to average")
-    B = previous.B.astype(np.float64).copy()
-    A = previous.A.astype(np.float64).copy()
-    B[:, covered] = sums.B[:, covered] / sums.weight[covered]
-    A[covered, :] = sums.A[covered, :] / sums.weight[covered, None]
-    return LoraFactors(B.astype(np.float32), A.astype(np.float32))
-
-
-def coverage(ranks: Sequence[int], weights: Sequence[float], r_max: int) -> np.ndarray:
-    """c_j = Σ_{k: r_k > j} p_k: the share of the cohort weight that trains component j (spec §4.2)."""
-    p = normalize_weights(weights)
-    c = np.zeros(r_max)
-    for r, pk in zip(ranks, p, strict=True):
-        c[:r] += pk
-    return c
-
-
-def apply_component_deltas(previous: LoraFactors, delta_sums: ComponentSums, damping: float = 0.0) -> LoraFactors:
-    """previous + (Σ w_k δ_k)_j / (W_j^(1−damping) · W^damping) per component; untouched where nobody trained j.
-
-    W_j = Σ_{k: r_k > j} w_k is the weight of the devices that trained j and W the cohort's total. With
-    ``damping`` 0 component j moves by its cohort's mean change; with ½ (``hetlora-damped``) that mean is
-    scaled by √(W_j / W), so components few devices trained take smaller steps and those everyone trained
-    are unchanged; with 1 (``hetlora-fedavg-delta``) it is FedAvg of the zero-padded changes, Σ w_k δ_k / W.
-    """
-    if not 0.0 <= damping <= 1.0:
-        raise ValueError(f"damping must be in [0, 1], got {damping}")
-    total = float(delta_sums.weight.max(initial=0.0))  # component 0 is trained by every reporting device
     covered = delta_sums.weight > 0
     B = previous.B.astype(np.float64).copy()
     A = previous.A.astype(np.float64).copy()
-    denom = delta_sums.weight[covered] ** (1.0 - damping) * total**damping
-    B[:, covered] += delta_sums.B[:, covered] / denom
-    A[covered, :] += delta_sums.A[covered, :] / denom[:, None]
+    B[:, covered] += delta_sums.B[:, covered] / delta_sums.weight[covered]
+    A[covered, :] += delta_sums.A[covered, :] / delta_sums.weight[covered, None]
     return LoraFactors(B.astype(np.float32), A.astype(np.float32))
-
-
-def balanced_svd_basis(factors: LoraFactors) -> LoraFactors:
-    """The same product B·A re-expressed as U√Σ and √Σ Vᵀ, components ordered by singular value.
-
-    Costs two thin QRs and an r × r SVD (never the d_out × d_in product). After re-basing, truncation to the
-    leading r components is the best rank-r approximation of the product (Eckart–Young), and the two factors
-    carry equal scale (FlexLoRA puts all of Σ in B, an imbalance spec §4.4 flags).
-    """
-    return svd_basis(factors, a_row_norm=None)
 
 
 # Row norm of A under peft's LoRA init, U(±1/√d_in): E‖a‖² = d_in · (1/d_in)/3.
 LORA_INIT_A_ROW_NORM = float(np.sqrt(1.0 / 3.0))
 
 
-def svd_basis(factors: LoraFactors, a_row_norm: float | None = LORA_INIT_A_ROW_NORM) -> LoraFactors:
+def svd_basis(factors: LoraFactors, a_row_norm: float = LORA_INIT_A_ROW_NORM) -> LoraFactors:
     """B·A re-expressed in its SVD basis: A's rows orthogonal with norm ``a_row_norm``, B = UΣ / a_row_norm.
 
-    With ``a_row_norm=None`` Σ is split evenly (U√Σ, √Σ Vᵀ). Keeping A's rows at LoRA's init scale instead
-    keeps every component trainable: the gradient of column j of B is proportional to row j of A, so the
-    balanced split starves components with small σ_j (and zeroes those with σ_j = 0 for good), while here a
-    component with σ_j = 0 is exactly a fresh LoRA component (B_j = 0, A_j a unit-scale direction).
-    Components stay ordered by σ, so truncation is still the best rank-r approximation.
+    Costs two thin QRs and an r × r SVD (never the d_out × d_in product). Components come out ordered by
+    singular value, so truncation to the leading r is the best rank-r approximation of the product
+    (Eckart–Young). Keeping A's rows at LoRA's init scale (rather than splitting Σ evenly, U√Σ and √Σ Vᵀ) keeps
+    every component trainable: the gradient of column j of B is proportional to row j of A, so an even split
+    starves components with small σ_j and zeroes those with σ_j = 0 for good, while here a component with
+    σ_j = 0 is exactly a fresh LoRA component (B_j = 0, A_j a unit-scale direction).
     """
     B = factors.B.astype(np.float64)
     A = factors.A.astype(np.float64)
@@ -173,13 +134,8 @@ def svd_basis(factors: LoraFactors, a_row_norm: float | None = LORA_INIT_A_ROW_N
     k = s.size  # < rank only when rank exceeds a dimension
     out_B = np.zeros_like(B)
     out_A = np.zeros_like(A)
-    if a_row_norm is None:
-        root = np.sqrt(s)
-        out_B[:, :k] = (Qb @ u[:, :k]) * root
-        out_A[:k] = root[:, None] * (vt[:k] @ Qa.T)
-    else:
-        out_B[:, :k] = (Qb @ u[:, :k]) * (s / a_row_norm)
-        out_A[: vt.shape[0]] = a_row_norm * (vt @ Qa.T)
+    out_B[:, :k] = (Qb @ u[:, :k]) * (s / a_row_norm)
+    out_A[: vt.shape[0]] = a_row_norm * (vt @ Qa.T)
     return LoraFactors(out_B.astype(np.float32), out_A.astype(np.float32))
 
 
@@ -196,19 +152,3 @@ def rotate(factors: LoraFactors, q: np.ndarray) -> LoraFactors:
     B = factors.B.astype(np.float64) @ q
     A = q.T @ factors.A.astype(np.float64)
     return LoraFactors(B.astype(np.float32), A.astype(np.float32))
-
-
-def rotate_within_blocks(factors: LoraFactors, edges: Sequence[int], rng: np.random.Generator) -> LoraFactors:
-    """B·Q, Qᵀ·A with Q block-diagonal: a random rotation inside each block [edges[i], edges[i+1]).
-
-    The product is unchanged, and so is the span of the leading ``e`` components for every edge e: a device
-    whose rank is an edge still receives the best rank-e approximation. Inside a block the rotation spreads
-    B's norm over the components instead of piling it on the first (the SVD basis minimises Σ_j ‖B_j‖,
-    and with it how far AdamW's steps on A move the product).
-    """
-    cuts = sorted({0, factors.rank, *(e for e in edges if 0 < e < factors.rank)})
-    q = np.eye(factors.rank)
-    for lo, hi in itertools.pairwise(cuts):
-        if hi - lo > 1:
-            q[lo:hi, lo:hi] = haar_orthogonal(hi - lo, rng)
-    return rotate(factors, q)

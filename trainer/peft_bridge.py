@@ -120,8 +120,3 @@ def deltas_merged(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) -> I
         with torch.no_grad():
             for name, original in saved.items():
                 modules[name].weight.copy_(original)
-
-
-def frozen_deltas(frozen: ModuleFactors) -> dict[str, np.ndarray]:
-    """ΔW = B·A of factors that carry their own scale (a strategy's frozen residual), in float32."""
-    return {m: (f.B.astype(np.float64) @ f.A.astype(np.float64)).astype(np.float32) for m, f in frozen.items()}

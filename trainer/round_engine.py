@@ -19,7 +19,7 @@ from trainer.privacy.federation import FederationPrivacy
 from trainer.privacy.user_dp import component_cohorts
 from trainer.store import VersionStore
 from trainer.strategies import update_strategy_names
-from trainer.strategies.base import AggregateSums, GlobalAdapter, Strategy, sum_contributions
+from trainer.strategies.base import AggregateSums, Strategy, sum_contributions
 
 
 def derive_seed(*parts: object) -> int:
@@ -101,9 +101,8 @@ class RoundEngine:
 
     def tasks(self, plan: RoundPlan) -> dict[str, Task]:
         """Each device's starting factors, sliced from the committed version at its rank."""
-        current = self.round_base(plan)
+        _, current = self.store.latest()
         by_rank = {r: self.strategy.distribute(current, r) for r in sorted(set(plan.ranks.values()))}
-        frozen = {r: self.strategy.frozen(current, r) for r in by_rank}
         shares = self.privacy.noise_shares(self.planned_cohorts(plan)) if self.privacy is not None else ()
         cohorts = tuple(int(n) for n in shares)
         return {
@@ -114,17 +113,9 @@ class RoundEngine:
                 by_rank[plan.ranks[c]],
                 derive_seed(self.seed, plan.round, c),
                 cohorts,
-                frozen[plan.ranks[c]],
             )
             for c in plan.cohort
         }
-
-    def round_base(self, plan: RoundPlan) -> GlobalAdapter:
-        """The committed version as this round's devices receive it (a strategy may re-factorise it)."""
-        _, current = self.store.latest()
-        return self.strategy.round_base(
-            current, sorted(plan.ranks.values()), derive_seed(self.seed, "base", plan.round)
-        )
 
     def planned_cohorts(self, plan: RoundPlan) -> np.ndarray:
         """How many planned devices cover each rank component (distributed DP splits its noise by this)."""
@@ -157,7 +148,7 @@ class RoundEngine:
             if len(clear) != len(reports):
                 raise ValueError("reports without contributions (secure aggregation) need the securely computed sums")
             sums = sum_contributions(clear, self.strategy.global_rank)
-        current = self.round_base(plan)
+        _, current = self.store.latest()
         record: dict = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}
         if self.privacy is not None:
             sums = self.privacy.release(sums)

@@ -113,9 +113,8 @@ class DeviceAgent:
             for message in self.orchestrator.GetTask(request, timeout=wait_s + 30):
                 if message.HasField("header"):
                     header = message.header
-                    if header.factors_bytes + header.frozen_bytes > MAX_TASK_BYTES:
-                        size = header.factors_bytes + header.frozen_bytes
-                        raise ValueError(f"task of {size} bytes exceeds this device's limit")
+                    if header.factors_bytes > MAX_TASK_BYTES:
+                        raise ValueError(f"task of {header.factors_bytes} bytes exceeds this device's limit")
                 parts.append(message.factors_chunk)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -124,9 +123,8 @@ class DeviceAgent:
         if header is None:
             raise ValueError("task stream carried no header")
         data = b"".join(parts)
-        expected = header.factors_bytes + header.frozen_bytes
-        if len(data) != expected:
-            raise ValueError(f"task stream carried {len(data)} bytes, the header announced {expected}")
+        if len(data) != header.factors_bytes:
+            raise ValueError(f"task stream carried {len(data)} bytes, the header announced {header.factors_bytes}")
         return header, data
 
     def run_round(self, wait_s: float = 30.0, crash_before: str | None = None) -> RoundDone | None:
@@ -138,16 +136,14 @@ class DeviceAgent:
         if fetched is None:
             return None
         header, payload = fetched
-        factor_bytes, frozen_bytes = payload[: header.factors_bytes], payload[header.factors_bytes :]
         strategy = make_strategy(header.strategy.name, strategy_config(header.strategy))
         task = Task(
             header.round_id,
             header.version,
             header.rank,
-            factors_from_bytes(factor_bytes),
+            factors_from_bytes(payload),
             header.seed,
             tuple(header.component_cohorts),
-            factors_from_bytes(frozen_bytes) if frozen_bytes else {},
         )
         train = TrainConfig(steps=header.train.steps, batch_size=header.train.batch_size, lr=header.train.lr)
         report = run_task(strategy, self.model, self.data, task, train, self._privacy(header))

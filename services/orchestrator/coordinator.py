@@ -68,7 +68,6 @@ class Assignment:
     edges: tuple[int, ...]
     max_clients: int
     component_cohorts: tuple[int, ...] = ()
-    frozen: bytes = b""  # the strategy's frozen rest of the global (.npz), empty for most strategies
 
 
 @dataclass
@@ -250,7 +249,6 @@ class Coordinator:
                     edges,
                     len(cohort),
                     t.component_cohorts,
-                    factors_to_bytes(t.frozen) if t.frozen else b"",
                 )
                 self._seen.pop(d, None)  # busy until it polls again
             self._cond.notify_all()

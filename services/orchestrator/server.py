@@ -109,7 +109,7 @@ def start(
     # counts (token blocks × tokens, ~1e4 per chitchat user) need room, and a device above the bound counts as it.
     # User-level DP weighs every device 1, and its values are clipped updates plus noise shares: the value bound
     # must leave room for 4 standard deviations of one device's share, or the codec would clip the noise.
-    bound = 10.0 if cfg.strategy.name in ("hetlora", "hetlora-cov") else 1e6
+    bound = 10.0 if cfg.strategy.name == "hetlora" else 1e6
     values = cfg.rounds.secure.value_bound
     if cfg.user_dp is not None:
         bound = 1.0

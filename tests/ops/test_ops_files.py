@@ -1,31 +1,22 @@
 """The operator files in ops/ are valid as their own tools see them: promtool, docker-compose, kubectl + schemas.
 
-Each check runs the real tool (Debian's prometheus and docker-compose packages, installed by .ci/run); the
+Each check runs the real tool (Debian's prometheus, docker-compose and kubectl, installed by `make install`); the
 Grafana dashboards must be exactly what ops/grafana/dashboards.py generates.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or (shutil.which(name, path=str(Path(sys.executable).parent)))
-    if path is None:
-        if os.environ.get("CI") and name != "kubectl":
-            pytest.fail(f"{name} is not installed: .ci/run installs it from Debian's packages")
-        pytest.skip(f"{name} not installed")
-    return path
 
 
 def run(*argv: str, env: dict[str, str] | None = None) -> str:
@@ -37,7 +28,7 @@ def run(*argv: str, env: dict[str, str] | None = None) -> str:
 
 
 def test_prometheus_configs_and_rules_pass_promtool() -> None:
-    promtool = tool("promtool")
+    promtool = require_tool("promtool")
     for config in ("prometheus.yml", "prometheus-cluster.yml"):
         run(promtool, "check", "config", str(OPS / "prometheus" / config))
     said = run(promtool, "check", "rules", str(OPS / "prometheus/alerts.yml"))
@@ -45,7 +36,7 @@ def test_prometheus_configs_and_rules_pass_promtool() -> None:
 
 
 def test_alert_rules_unit_tests_pass() -> None:
-    said = run(tool("promtool"), "test", "rules", str(OPS / "prometheus/alerts_test.yml"))
+    said = run(require_tool("promtool"), "test", "rules", str(OPS / "prometheus/alerts_test.yml"))
     assert "SUCCESS" in said
 
 
@@ -78,7 +69,11 @@ def test_dashboards_query_the_provisioned_datasource_and_have_unique_panel_ids()
 
 def test_compose_file_is_valid(tmp_path: Path) -> None:
     said = run(
-        tool("docker-compose"), "-f", str(OPS / "deploy/compose.yaml"), "config", env={"HETLORA_PKI": str(tmp_path)}
+        require_tool("docker-compose"),
+        "-f",
+        str(OPS / "deploy/compose.yaml"),
+        "config",
+        env={"HETLORA_PKI": str(tmp_path)},
     )
     config = yaml.safe_load(said)
     assert set(config["services"]) == {"enrollment", "aggregator", "orchestrator", "prometheus", "grafana"}
@@ -87,12 +82,12 @@ def test_compose_file_is_valid(tmp_path: Path) -> None:
 
 
 def test_kubernetes_manifests_validate_against_the_schemas() -> None:
-    validate = tool("kubernetes-validate")
+    validate = require_tool("kubernetes-validate")
     run(validate, "--strict", "--quiet", *map(str, sorted((OPS / "k8s").glob("*.yaml"))))
 
 
 def test_kustomize_renders_everything_into_one_validated_bundle(tmp_path: Path) -> None:
-    kubectl = tool("kubectl")
+    kubectl = require_tool("kubectl")
     rendered = run(kubectl, "kustomize", str(OPS))
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     kinds = sorted(
@@ -106,4 +101,4 @@ def test_kustomize_renders_everything_into_one_validated_bundle(tmp_path: Path) 
     assert all(d["metadata"].get("namespace") == "hetlora" for d in docs if d["kind"] != "Namespace")
     bundle = tmp_path / "hetlora.yaml"
     bundle.write_text(rendered)
-    run(tool("kubernetes-validate"), "--strict", "--quiet", str(bundle))
+    run(require_tool("kubernetes-validate"), "--strict", "--quiet", str(bundle))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import socket
@@ -30,20 +29,12 @@ from services.pki import new_key_and_csr
 from services.transport import channel
 from tests.services.device_threads import start_devices
 from tests.services.processes import ServiceProcess, start_service
+from tests.system_tools import require_tool
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = Path(__file__).resolve().parents[2]
 DEVICES = {"p-a": 1504, "p-b": 2000, "p-c": 1512}  # device id -> memory MB: different profiles, different ranks
 RANGE = {"$__rate_interval": "30s", "$__range": "10m"}  # what Grafana would substitute
-
-
-def require(binary: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{binary} is not installed: .ci/run installs Debian's 'prometheus' package")
-        pytest.skip(f"{binary} not installed (apt-get install prometheus)")
-    return path
 
 
 def free_port() -> int:
@@ -143,7 +134,7 @@ def enroll(enroll_port: int, admin_port: int, pki: Path) -> dict[str, tuple[byte
 def test_prometheus_scrapes_a_round_and_every_panel_and_alert_rule_has_data(
     pki: Path, tmp_path: Path, tokenizer, tiny_model_factory
 ) -> None:
-    binary = require("prometheus")
+    binary = require_tool("prometheus")
     db, store = tmp_path / "registry.db", tmp_path / "store"
     services: list[ServiceProcess] = []
     prometheus = None
@@ -183,7 +174,7 @@ def test_prometheus_scrapes_a_round_and_every_panel_and_alert_rule_has_data(
             "version 2 scored", lambda: prometheus.query("hetlora_heldout_evaluated_version >= 2"), 60
         )
 
-        promtool = require("promtool")  # naming and unit conventions of every exported family, as scraped
+        promtool = require_tool("promtool")  # naming and unit conventions of every exported family, as scraped
         for name, address in targets.items():
             with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as r:
                 exposition = r.read()

@@ -30,6 +30,7 @@ from trainer.data.registry import load_federated_corpus
 from trainer.peft_bridge import adapted_modules
 from trainer.ranks import DeviceProfile
 from trainer.store import DirectoryStore
+from trainer.strategies.base import GlobalAdapter
 
 pytestmark = pytest.mark.timeout(300)
 DEVICES = {"dev-a": 2, "dev-b": 8, "dev-c": 4, "dev-d": 8}
@@ -195,37 +196,41 @@ def test_services_and_in_process_engine_commit_the_same_adapter(pki, tmp_path, t
     ranks = {"eq-a": 4, "eq-b": 8, "eq-c": 8}
     model = tiny_model_factory(0)
     shapes = adapted_modules(model)
-    strategy = make_strategy("hetlora-delta", StrategyConfig(2, 8, Scaling(), gamma=0.99, lam=0.01))
-    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, derive_seed(0, "init"))), ranks, 3, 0)
+    strategy = make_strategy("hetlora-rebase", StrategyConfig(2, 8, Scaling(), gamma=0.99, lam=0.01))
     data = {c.client_id: c for c in device_data(tokenizer, list(ranks))}
-    snapshots, weights = [], []
-    for rnd in (1, 2):
-        plan = engine.plan(rnd)
-        tasks = engine.tasks(plan)
-        reports = [
-            run_task(strategy, model, data[c], t, TrainConfig(steps=2, batch_size=2, lr=1e-3)) for c, t in tasks.items()
-        ]
-        engine.finish(plan, reports, [])
-        snapshots.append(engine.store.latest()[1])
-        weights.append(min(sum(r.num_examples for r in reports if r.rank >= j) for j in (1, 8)))
 
-    _, store_dir = serve_until_done(pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-delta", ranks)
+    def engine_round(engine: RoundEngine, rnd: int) -> float:
+        """One clear-text round; returns the smallest per-component weight sum (the rounding bound's divisor)."""
+        plan = engine.plan(rnd)
+        train = TrainConfig(steps=2, batch_size=2, lr=1e-3)
+        reports = [run_task(strategy, model, data[c], t, train) for c, t in engine.tasks(plan).items()]
+        engine.finish(plan, reports, [])
+        return min(sum(r.num_examples for r in reports if r.rank >= j) for j in (1, 8))
+
+    def assert_within_rounding(served: GlobalAdapter, clear: GlobalAdapter, weight: float) -> None:
+        """At most one ring unit per device and element of w·δ, divided by the smallest per-component weight
+        sum (weights = n / bound); re-basing keeps the product, so products differ by at most
+        r·bound·(max|A| + max|B| + bound)·scale."""
+        bound = len(ranks) / FixedPointCodec(4.0, 1.0, len(ranks)).value_scale / (weight / 1e6)
+        for m in shapes:
+            f = clear.factors[m]
+            product_bound = clear.scale * f.rank * bound * (np.abs(f.A).max() + np.abs(f.B).max() + bound) + 1e-6
+            np.testing.assert_allclose(served.delta(m), clear.delta(m), atol=product_bound, rtol=0)
+            assert np.abs(clear.delta(m)).max() > 100 * product_bound  # not a comparison of two zeros
+
+    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, derive_seed(0, "init"))), ranks, 3, 0)
+    weight = engine_round(engine, 1)
+    _, store_dir = serve_until_done(pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-rebase", ranks)
     store = DirectoryStore(store_dir)
     assert store.latest_version() == 2
-    # Round 1 starts from the same version: the only difference is fixed-point rounding, at most one ring unit
-    # per device and element of w·δ, divided by the smallest per-component weight sum (weights = n / bound).
-    codec = FixedPointCodec(4.0, 1.0, len(ranks))
-    bound = len(ranks) / codec.value_scale / (weights[0] / 1e6)
     first = load_adapter(store.path(1))
-    for m in shapes:
-        np.testing.assert_allclose(first.factors[m].B, snapshots[0].factors[m].B, atol=bound, rtol=0)
-        np.testing.assert_allclose(first.factors[m].A, snapshots[0].factors[m].A, atol=bound, rtol=0)
-        assert np.abs(snapshots[0].factors[m].B).max() > 100 * bound  # not a comparison of two zeros
-    # Round 2 trains from those slightly different factors; AdamW's first step (±lr where a gradient is ~0)
-    # can amplify the rounding, so the final adapters agree to 1e-4, not to the rounding bound.
-    _, served = store.latest()
-    for m in shapes:
-        np.testing.assert_allclose(served.delta(m), snapshots[1].delta(m), atol=1e-4, rtol=0)
+    assert_within_rounding(first, engine.store.latest()[1], weight)  # round 1 starts from the same version
+    # Round 2 replayed in the clear from the served version 1, with the ranks the devices pruned to. (Replaying
+    # from the engine's own version 1 is ill-posed: where two singular values nearly coincide, the rounding turns
+    # the SVD basis, and AdamW, which steps per coordinate, then takes different steps.)
+    replay = RoundEngine(strategy, MemoryStore(first), engine.device_ranks, 3, 0)
+    weight = engine_round(replay, 2)
+    assert_within_rounding(store.latest()[1], replay.store.latest()[1], weight)
 
 
 def test_flexlora_runs_through_the_services_and_matches_the_engine(
@@ -272,44 +277,3 @@ def test_self_pruned_ranks_are_rebuilt_from_committed_versions(tmp_path, tiny_mo
     store.commit(initial, {"round": 2, "ranks": {"a": 7}})
     store.commit(initial, {"round": 3, "ranks": {"b": 4, "c": 2}})
     assert pruned_ranks(DirectoryStore(tmp_path / "store")) == {"a": 7, "b": 4, "c": 2}
-
-
-def test_residual_devices_receive_the_frozen_rest_of_the_global_through_the_services(
-    pki, tmp_path, tokenizer, tiny_model_factory
-) -> None:
-    """hetlora-delta-residual streams the frozen tail after the trainable factors; the services then match the
-    engine over two rounds, and differ from hetlora-delta (same everything, no frozen tail) by far more."""
-    from trainer.device import run_task
-    from trainer.local_train import TrainConfig
-    from trainer.round_engine import RoundEngine, derive_seed
-    from trainer.scaling import Scaling
-    from trainer.store import MemoryStore
-    from trainer.strategies import StrategyConfig, make_strategy
-
-    ranks = {"rs-a": 4, "rs-b": 8, "rs-c": 8}
-    model = tiny_model_factory(0)
-    shapes = adapted_modules(model)
-    data = {c.client_id: c for c in device_data(tokenizer, list(ranks))}
-    final = {}
-    for name in ("hetlora-delta-residual", "hetlora-delta"):
-        strategy = make_strategy(name, StrategyConfig(2, 8, Scaling(), gamma=0.99, lam=0.01))
-        engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, derive_seed(0, "init"))), ranks, 3, 0)
-        for rnd in (1, 2):
-            plan = engine.plan(rnd)
-            tasks = engine.tasks(plan)
-            assert bool(tasks["rs-a"].frozen) == (name == "hetlora-delta-residual")  # only the rank-4 device has a tail
-            train = TrainConfig(steps=2, batch_size=2, lr=1e-2)  # a tail large enough to matter in round 2
-            engine.finish(plan, [run_task(strategy, model, data[c], t, train) for c, t in tasks.items()], [])
-        final[name] = engine.store.latest()[1]
-
-    train = pb.TrainSettings(steps=2, batch_size=2, lr=1e-2)
-    _, store_dir = serve_until_done(
-        pki, tmp_path, tokenizer, tiny_model_factory, "hetlora-delta-residual", ranks, train=train
-    )
-    _, served = DirectoryStore(store_dir).latest()
-    for m in shapes:
-        np.testing.assert_allclose(served.delta(m), final["hetlora-delta-residual"].delta(m), atol=1e-4, rtol=0)
-    assert (
-        max(np.abs(final["hetlora-delta-residual"].delta(m) - final["hetlora-delta"].delta(m)).max() for m in shapes)
-        > 1e-3
-    )

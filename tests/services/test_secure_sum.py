@@ -12,7 +12,8 @@ import pytest
 from secure_agg import Stage
 from services.secure_sum import SecureSumConfig, secure_factor_sums
 from trainer.factors import LoraFactors, ModuleShape
-from trainer.strategies import StrategyConfig, make_strategy, sum_contributions
+from trainer.lora_math import truncate
+from trainer.strategies import Contribution, StrategyConfig, make_strategy, sum_contributions
 
 SHAPES = {"l0.q_proj": ModuleShape(6, 5), "l0.k_proj": ModuleShape(3, 5)}
 RANKS = {1: 2, 2: 4, 3: 4, 4: 6, 5: 8, 6: 8}
@@ -35,10 +36,8 @@ def trained(rng: np.random.Generator, rank: int) -> dict[str, LoraFactors]:
     [
         ("homlora-max", 1e3),
         ("hetlora", 10.0),
-        ("hetlora-cov", 10.0),
-        ("hetlora-delta", 1e3),
-        ("hetlora-svd", 1e3),
         ("hetlora-rebase", 1e3),
+        ("hetlora-spread", 1e3),
     ],
 )
 def test_secure_aggregate_matches_plaintext_with_a_dropout(name: str, weight_bound: float) -> None:
@@ -68,15 +67,24 @@ def test_secure_aggregate_matches_plaintext_with_a_dropout(name: str, weight_bou
 
 
 def test_bucket_below_threshold_is_never_unmasked_and_components_keep_their_value() -> None:
-    strategy = make_strategy("hetlora-cov", CFG)
+    strategy = make_strategy("hetlora-rebase", CFG)
     current = strategy.initial(SHAPES, seed=1)
     rng = np.random.default_rng(1)
     # Only client 5 trains components 6..7: its bucket has a cohort of 1 < min_cohort 2.
     ranks = {1: 2, 2: 2, 3: 6, 4: 6, 5: 8}
-    contribs = {c: (strategy.contribution({}, trained(rng, r), 10), r) for c, r in ranks.items()}
-    sums = secure_factor_sums(contribs, SHAPES, 8, round_id=1, cfg=SecureSumConfig(min_cohort=2))
+    contribs = {
+        c: (strategy.contribution(strategy.distribute(current, r), trained(rng, r), 10), r) for c, r in ranks.items()
+    }
+    sums = secure_factor_sums(contribs, SHAPES, 8, round_id=1, cfg=SecureSumConfig(weight_bound=1e3, min_cohort=2))
     for m in SHAPES:
         assert np.all(sums.factor_sums[m].weight[6:] == 0)
         assert np.all(sums.factor_sums[m].weight[:6] > 0)
+    # The global moves exactly as if client 5 had uploaded only its first 6 components.
+    cut = [
+        Contribution(c.weight, {m: truncate(f, min(f.rank, 6)) for m, f in c.factors.items()})
+        for c, _ in contribs.values()
+    ]
+    want = strategy.aggregate(current, sum_contributions(cut, 8))
     new = strategy.aggregate(current, sums)
-    np.testing.assert_array_equal(new.factors["l0.q_proj"].A[6:], current.factors["l0.q_proj"].A[6:])
+    for m in SHAPES:
+        np.testing.assert_allclose(new.delta(m), want.delta(m), atol=1e-5)

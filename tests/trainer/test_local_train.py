@@ -69,37 +69,6 @@ def test_tail_penalty_shrinks_tail_and_triggers_pruning(tiny_model_factory: Call
     assert strong.tail_after < none.tail_after  # the penalty acts through the live parameters
 
 
-def test_frozen_residual_is_trained_on_top_of_and_removed_afterwards(
-    tiny_model_factory: Callable[..., PreTrainedModel],
-) -> None:
-    """Training with a frozen ΔW equals training a model whose base already holds it; the base is restored."""
-    from trainer.peft_bridge import deltas_merged, frozen_deltas
-
-    model = tiny_model_factory()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    rng = np.random.default_rng(5)
-    s = make_strategy("hetlora-delta-residual", StrategyConfig(r_min=2, r_max=4))
-    shapes = adapted_modules(model)
-    received = s.distribute(s.initial(shapes, 0), 2)
-    frozen = {
-        m: LoraFactors(
-            rng.normal(0, 0.2, (sh.d_out, 2)).astype(np.float32), rng.normal(0, 0.2, (2, sh.d_in)).astype(np.float32)
-        )
-        for m, sh in shapes.items()
-    }
-    cfg = TrainConfig(steps=2, lr=1e-2)
-    with_frozen = train_local(model, blocks(), received, 2, s.config.scaling, cfg, None, seed=0, frozen=frozen)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    with deltas_merged(model, frozen_deltas(frozen)):
-        merged = train_local(model, blocks(), received, 2, s.config.scaling, cfg, None, seed=0)
-    without = train_local(model, blocks(), received, 2, s.config.scaling, cfg, None, seed=0)
-    for m in shapes:
-        np.testing.assert_allclose(with_frozen.factors[m].B, merged.factors[m].B, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(with_frozen.factors[m].A, merged.factors[m].A, rtol=1e-5, atol=1e-6)
-    assert with_frozen.train_loss == pytest.approx(merged.train_loss, rel=1e-5)
-    assert with_frozen.train_loss != pytest.approx(without.train_loss, rel=1e-4)
-
-
 def test_training_basis_changes_the_steps_but_not_the_start_or_the_basis_of_the_result(
     tiny_model_factory: Callable[..., PreTrainedModel],
 ) -> None:

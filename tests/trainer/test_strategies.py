@@ -7,9 +7,16 @@ import pytest
 
 from trainer.factors import LoraFactors, ModuleShape
 from trainer.flex_math import ThinSVD
-from trainer.lora_math import product_norm
+from trainer.lora_math import apply_component_deltas, product_norm
 from trainer.scaling import Scaling
-from trainer.strategies import StrategyConfig, make_strategy, strategy_names, sum_contributions
+from trainer.strategies import (
+    DEFAULT_STRATEGY,
+    EXPERIMENTAL,
+    StrategyConfig,
+    make_strategy,
+    strategy_names,
+    sum_contributions,
+)
 from trainer.strategies.hetlora import HetLoRA
 
 SHAPES = {"m.q_proj": ModuleShape(6, 5), "m.k_proj": ModuleShape(3, 5)}
@@ -25,8 +32,9 @@ def random_factors(rng: np.random.Generator, rank: int) -> dict[str, LoraFactors
     }
 
 
-def test_registry_lists_all_strategies_and_rejects_unknown() -> None:
-    assert set(strategy_names()) >= {"homlora", "homlora-max", "hetlora", "hetlora-cov", "flexlora"}
+def test_registry_offers_the_documented_strategies_and_rejects_unknown() -> None:
+    assert strategy_names() == ("homlora", "homlora-max", "hetlora", "flexlora", "hetlora-rebase", "hetlora-spread")
+    assert DEFAULT_STRATEGY in strategy_names() and set(strategy_names()) > EXPERIMENTAL
     with pytest.raises(ValueError, match="choose from"):
         make_strategy("fedprox", CFG)
 
@@ -53,18 +61,14 @@ def test_hetlora_distributes_leading_components_and_weights_by_product_norm() ->
     assert len(set(client_weighted.weight.values())) == 1
 
 
-def test_paper_rule_kills_untrained_components_and_coverage_rule_keeps_them() -> None:
+def test_paper_rule_kills_components_nobody_in_the_cohort_trained() -> None:
+    """As published: zero-padding then replacement, so a component above the cohort's largest rank is zero."""
     rng = np.random.default_rng(1)
     reports = [random_factors(rng, 1), random_factors(rng, 2)]
-    for name, expect_zero in (("hetlora", True), ("hetlora-cov", False)):
-        s = make_strategy(name, CFG)
-        glob = s.initial(SHAPES, 0)
-        sums = sum_contributions([s.contribution({}, f, 5) for f in reports], CFG.r_max)
-        new = s.aggregate(glob, sums)
-        tail = new.factors["m.q_proj"].A[2:]
-        assert (not tail.any()) == expect_zero
-        if not expect_zero:
-            np.testing.assert_array_equal(tail, glob.factors["m.q_proj"].A[2:])
+    s = make_strategy("hetlora", CFG)
+    sums = sum_contributions([s.contribution({}, f, 5) for f in reports], CFG.r_max)
+    new = s.aggregate(s.initial(SHAPES, 0), sums)
+    assert not new.factors["m.q_proj"].A[2:].any() and not new.factors["m.q_proj"].B[:, 2:].any()
 
 
 def test_homlora_is_fedavg_weighted_by_examples() -> None:
@@ -110,7 +114,18 @@ def test_contribution_upload_sizes() -> None:
     assert flex.upload_floats() == 2 + 6 * 5 + 3 * 5
 
 
-@pytest.mark.parametrize("name", ["hetlora-delta", "hetlora-damped", "hetlora-fedavg-delta"])
+def moved(factors: dict[str, LoraFactors], rank: int) -> dict[str, LoraFactors]:
+    """The global with its leading ``rank`` components shifted by +1 in B and −1 in A."""
+    out = {}
+    for m, f in factors.items():
+        B, A = f.B.copy(), f.A.copy()
+        B[:, :rank] += 1.0
+        A[:rank] -= 1.0
+        out[m] = LoraFactors(B, A)
+    return out
+
+
+@pytest.mark.parametrize("name", ["hetlora-rebase", "hetlora-spread"])
 def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained(name: str) -> None:
     rng = np.random.default_rng(6)
     delta = make_strategy(name, CFG)
@@ -122,32 +137,30 @@ def test_delta_aggregation_equals_fedavg_for_equal_ranks_and_keeps_untrained(nam
     n = [3, 1, 2]
     d_sums = sum_contributions([delta.contribution(sent, f, k) for f, k in zip(trained, n, strict=True)], 4)
     h_sums = sum_contributions([hom.contribution(sent, f, k) for f, k in zip(trained, n, strict=True)], 4)
-    np.testing.assert_allclose(
-        delta.aggregate(glob, d_sums).factors["m.q_proj"].B,
-        hom.aggregate(glob, h_sums).factors["m.q_proj"].B,
-        atol=1e-5,
-    )
-    # Heterogeneous: only a rank-1 device reports; components 1..3 keep their values exactly.
+    for m in SHAPES:  # the same product; re-basing changes only its factorisation
+        np.testing.assert_allclose(
+            delta.aggregate(glob, d_sums).delta(m), hom.aggregate(glob, h_sums).delta(m), atol=1e-4
+        )
+    # Heterogeneous: only a rank-1 device reports; components 1..3 keep their values (up to the re-basing).
     low = delta.distribute(glob, 1)
-    moved = {m: type(f)(f.B + 1.0, f.A - 1.0) for m, f in low.items()}
-    new = delta.aggregate(glob, sum_contributions([delta.contribution(low, moved, 5)], 4))
-    np.testing.assert_array_equal(new.factors["m.q_proj"].B[:, 1:], glob.factors["m.q_proj"].B[:, 1:])
-    np.testing.assert_allclose(new.factors["m.q_proj"].B[:, 0], glob.factors["m.q_proj"].B[:, 0] + 1.0, atol=1e-6)
-
-
-@pytest.mark.parametrize("name", ["hetlora-svd", "hetlora-rebase"])
-def test_svd_rebasing_gives_weak_devices_the_best_low_rank_update(name: str) -> None:
-    rng = np.random.default_rng(7)
-    svd = make_strategy(name, CFG)
-    glob = svd.initial(SHAPES, 0)
-    glob = type(glob)(random_factors(rng, 4), glob.scale)
-    sent = svd.distribute(glob, 4)
-    reports = [svd.contribution(sent, random_factors(rng, 4), 1)]
-    new = svd.aggregate(glob, sum_contributions(reports, 4))
-    delta = make_strategy("hetlora-delta", CFG).aggregate(glob, sum_contributions(reports, 4))
+    new = delta.aggregate(glob, sum_contributions([delta.contribution(low, moved(low, 1), 5)], 4))
+    expect = type(glob)(moved(dict(glob.factors), 1), glob.scale)
     for m in SHAPES:
-        np.testing.assert_allclose(new.delta(m), delta.delta(m), atol=1e-4)  # same global update
-        weak = svd.distribute(new, 1)[m].product()
+        np.testing.assert_allclose(new.delta(m), expect.delta(m), atol=1e-4)
+
+
+def test_rebasing_gives_weak_devices_the_best_low_rank_update() -> None:
+    rng = np.random.default_rng(7)
+    reb = make_strategy("hetlora-rebase", CFG)
+    glob = reb.initial(SHAPES, 0)
+    glob = type(glob)(random_factors(rng, 4), glob.scale)
+    sent = reb.distribute(glob, 4)
+    sums = sum_contributions([reb.contribution(sent, random_factors(rng, 4), 1)], 4)
+    new = reb.aggregate(glob, sums)
+    for m in SHAPES:
+        unbased = apply_component_deltas(glob.factors[m], sums.factor_sums[m])
+        np.testing.assert_allclose(new.delta(m), glob.scale * unbased.product(), atol=1e-4)  # same global update
+        weak = reb.distribute(new, 1)[m].product()
         best = ThinSVD.of(new.factors[m].product()).factors(1, 1.0).product()
         np.testing.assert_allclose(weak, best, atol=1e-4)
 
@@ -155,60 +168,15 @@ def test_svd_rebasing_gives_weak_devices_the_best_low_rank_update(name: str) -> 
 def test_rebase_keeps_components_nobody_trained_trainable() -> None:
     """From init (B = 0), a round where only rank-1 devices report leaves components 1..3 fresh, not dead."""
     rng = np.random.default_rng(3)
-    reb, svd = make_strategy("hetlora-rebase", CFG), make_strategy("hetlora-svd", CFG)
+    reb = make_strategy("hetlora-rebase", CFG)
     glob = reb.initial(SHAPES, 0)
     low = reb.distribute(glob, 1)
-    moved = {m: type(f)(f.B + rng.normal(size=f.B.shape), f.A) for m, f in low.items()}
-    sums = sum_contributions([reb.contribution(low, moved, 5)], 4)
+    trained = {m: type(f)(f.B + rng.normal(size=f.B.shape), f.A) for m, f in low.items()}
+    sums = sum_contributions([reb.contribution(low, trained, 5)], 4)
     for m in SHAPES:
-        kept, dead = reb.aggregate(glob, sums).factors[m], svd.aggregate(glob, sums).factors[m]
+        kept = reb.aggregate(glob, sums).factors[m]
         assert np.all(np.linalg.norm(kept.A[1:], axis=1) > 0.5)
         np.testing.assert_allclose(kept.B[:, 1:], 0.0, atol=1e-6)
-        assert np.allclose(dead.A[1:], 0.0, atol=1e-6)
-
-
-RESIDUAL = ("hetlora-delta-residual", "hetlora-damped", "hetlora-fedavg-delta")
-
-
-@pytest.mark.parametrize("name", RESIDUAL)
-@pytest.mark.parametrize("rank", [1, 2, 3, 4])
-def test_residual_device_holds_the_whole_global_at_any_rank(rank: int, name: str) -> None:
-    """Trainable leading components plus the frozen rest (scale folded into B) add up to the global ΔW."""
-    res = make_strategy(name, CFG)
-    glob = type(res.initial(SHAPES, 0))(random_factors(np.random.default_rng(rank), 4), CFG.scaling.factor(4))
-    sent, frozen = res.distribute(glob, rank), res.frozen(glob, rank)
-    assert set(frozen) == (set() if rank == 4 else set(SHAPES))
-    for m in SHAPES:
-        tail = frozen[m].product() if m in frozen else 0.0
-        held = CFG.scaling.factor(rank) * sent[m].product() + tail
-        np.testing.assert_allclose(held, glob.delta(m), rtol=1e-5, atol=1e-5)
-        assert sent[m].rank == rank
-
-
-def test_residual_aggregates_like_delta_and_other_strategies_freeze_nothing() -> None:
-    rng = np.random.default_rng(11)
-    res, reb = make_strategy("hetlora-delta-residual", CFG), make_strategy("hetlora-delta", CFG)
-    glob = type(res.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
-    sent = res.distribute(glob, 2)
-    sums = sum_contributions([res.contribution(sent, random_factors(rng, 2), 3)], 4)
-    for m in SHAPES:
-        np.testing.assert_array_equal(res.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)
-    assert all(make_strategy(n, CFG).frozen(glob, 2) == {} for n in strategy_names() if n not in RESIDUAL)
-
-
-def test_fedavg_delta_weights_each_change_by_its_share_of_the_cohort() -> None:
-    """Ranks 1 and 4, equal weight: component 0 moves by the mean change, components 1–3 by half the rank-4 change."""
-    fed, delta = make_strategy("hetlora-fedavg-delta", CFG), make_strategy("hetlora-delta", CFG)
-    rng = np.random.default_rng(12)
-    glob = type(fed.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
-    low, high = fed.distribute(glob, 1), fed.distribute(glob, 4)
-    moved_low, moved_high = random_factors(rng, 1), random_factors(rng, 4)
-    sums = sum_contributions([fed.contribution(low, moved_low, 2), fed.contribution(high, moved_high, 2)], 4)
-    for m in SHAPES:
-        g, f, d = glob.factors[m], fed.aggregate(glob, sums).factors[m], delta.aggregate(glob, sums).factors[m]
-        np.testing.assert_allclose(f.B[:, 0], d.B[:, 0], atol=1e-6)  # trained by everyone: the same mean
-        np.testing.assert_allclose(f.B[:, 1:] - g.B[:, 1:], 0.5 * (d.B[:, 1:] - g.B[:, 1:]), atol=1e-5)
-        np.testing.assert_allclose(f.A[1:] - g.A[1:], 0.5 * (d.A[1:] - g.A[1:]), atol=1e-5)
 
 
 def test_spread_trains_each_module_in_its_own_rotation_and_aggregates_like_rebase() -> None:
@@ -221,29 +189,10 @@ def test_spread_trains_each_module_in_its_own_rotation_and_aggregates_like_rebas
     for q in basis.values():
         np.testing.assert_allclose(q @ q.T, np.eye(3), atol=1e-12)
     np.testing.assert_array_equal(spread.training_basis(sent, seed=5)["m.q_proj"], basis["m.q_proj"])
-    spreading = {"hetlora-spread", "hetlora-spread-damped", "hetlora-spread-fedavg"}
-    assert all(make_strategy(n, CFG).training_basis(sent, 5) == {} for n in strategy_names() if n not in spreading)
-    sums = sum_contributions([spread.contribution(sent, random_factors(rng, 3), 2)], 4)
-    for m in SHAPES:
-        np.testing.assert_array_equal(spread.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)
-
-
-@pytest.mark.parametrize(
-    ("spread", "same_update"),
-    [
-        ("hetlora-spread", "hetlora-delta"),
-        ("hetlora-spread-damped", "hetlora-damped"),
-        ("hetlora-spread-fedavg", "hetlora-fedavg-delta"),
-    ],
-)
-def test_spread_variants_make_their_weighting_s_update_then_rebase(spread: str, same_update: str) -> None:
-    """Ranks 1 and 4: the product moves as under the delta strategy of the same damping; only the basis differs."""
-    s, d = make_strategy(spread, CFG), make_strategy(same_update, CFG)
-    rng = np.random.default_rng(14)
-    glob = type(s.initial(SHAPES, 0))(random_factors(rng, 4), 1.0)
-    low, high = s.distribute(glob, 1), s.distribute(glob, 4)
+    assert all(make_strategy(n, CFG).training_basis(sent, 5) == {} for n in strategy_names() if n != "hetlora-spread")
+    low, high = spread.distribute(glob, 1), spread.distribute(glob, 4)
     sums = sum_contributions(
-        [s.contribution(low, random_factors(rng, 1), 2), s.contribution(high, random_factors(rng, 4), 3)], 4
+        [spread.contribution(low, random_factors(rng, 1), 2), spread.contribution(high, random_factors(rng, 4), 3)], 4
     )
     for m in SHAPES:
-        np.testing.assert_allclose(s.aggregate(glob, sums).delta(m), d.aggregate(glob, sums).delta(m), atol=1e-4)
+        np.testing.assert_array_equal(spread.aggregate(glob, sums).factors[m].B, reb.aggregate(glob, sums).factors[m].B)

@@ -150,21 +150,6 @@ class Strategy(ABC):
         """
         return {m: truncate(f, rank) for m, f in current.factors.items()}
 
-    def round_base(self, current: GlobalAdapter, ranks: Sequence[int], seed: int) -> GlobalAdapter:
-        """The factorisation of the committed global that this round's devices start from (same product).
-
-        Called with the round's planned ranks when tasks are built and again, identically, before aggregating,
-        so the sums are applied to the factors the devices received. The committed version itself is unchanged.
-        """
-        return current
-
-    def frozen(self, current: GlobalAdapter, rank: int) -> ModuleFactors:
-        """The rest of the global a client of this rank trains on top of but never updates (none by default).
-
-        The factors carry their scale in B (ΔW = B·A exactly), because the client's own scale may differ.
-        """
-        return {}
-
     def training_basis(self, received: ModuleFactors, seed: int) -> dict[str, np.ndarray]:
         """Device side: per module an orthogonal Q to train ``received`` in (B·Q, Qᵀ·A), undone before upload.
 

@@ -1,9 +1,8 @@
 """HetLoRA (Cho et al., EMNLP 2024): truncation, rank self-pruning, sparsity-weighted zero-pad aggregation.
 
 ``hetlora`` is the rule as published (spec §5.1b): every rank component averaged over the whole cohort, the
-aggregate replacing the global factors. ``hetlora-cov`` is our coverage-corrected variant: component j is
-averaged only over the clients that trained it and a component nobody trained keeps its value (§4.2).
-Both need only per-bucket sums, so both run under secure aggregation.
+aggregate replacing the global factors. It needs only per-bucket sums, so it runs under secure aggregation.
+Components nobody in the cohort trained come out as zeros: kept exactly as published, for comparison.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from trainer.factors import ModuleFactors, ModuleShape
-from trainer.lora_math import coverage_average, paper_average, product_norm
+from trainer.lora_math import paper_average, product_norm
 from trainer.pruning import PruneConfig
 from trainer.strategies.base import (
     AggregateSums,
@@ -28,7 +27,6 @@ WEIGHT_FLOOR = 1e-12
 
 class HetLoRA(Strategy):
     name = "hetlora"
-    coverage_corrected = False
 
     def __init__(self, config: StrategyConfig) -> None:
         super().__init__(config)
@@ -47,13 +45,5 @@ class HetLoRA(Strategy):
         return Contribution(weight=norms, factors=dict(trained))
 
     def aggregate(self, current: GlobalAdapter, sums: AggregateSums) -> GlobalAdapter:
-        if self.coverage_corrected:
-            factors = {m: coverage_average(s, current.factors[m]) for m, s in sums.factor_sums.items()}
-        else:
-            factors = {m: paper_average(s) for m, s in sums.factor_sums.items()}
+        factors = {m: paper_average(s) for m, s in sums.factor_sums.items()}
         return GlobalAdapter(factors, current.scale)
-
-
-class HetLoRACoverage(HetLoRA):
-    name = "hetlora-cov"
-    coverage_corrected = True

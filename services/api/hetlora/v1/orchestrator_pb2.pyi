@@ -242,18 +242,12 @@ class TaskHeader(_message.Message):
     FACTORS_BYTES_FIELD_NUMBER: _builtins.int
     USER_DP_FIELD_NUMBER: _builtins.int
     COMPONENT_COHORTS_FIELD_NUMBER: _builtins.int
-    FROZEN_BYTES_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     version: _builtins.int
     rank: _builtins.int
     seed: _builtins.int
     factors_bytes: _builtins.int
     """Total size of the factor payload that follows (numpy .npz bytes)."""
-    frozen_bytes: _builtins.int
-    """Size of the frozen factors that follow the trainable ones in the same stream (.npz bytes; 0: none).
-    Strategies such as hetlora-residual send the rest of the global, which the device merges into its
-    base weights and trains on top of; B carries the scale, so ΔW = B·A exactly.
-    """
     @_builtins.property
     def strategy(self) -> Global___StrategySettings: ...
     @_builtins.property
@@ -283,11 +277,10 @@ class TaskHeader(_message.Message):
         factors_bytes: _builtins.int = ...,
         user_dp: Global___UserDpSettings | None = ...,
         component_cohorts: _abc.Iterable[_builtins.int] | None = ...,
-        frozen_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["secure_agg", b"secure_agg", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "frozen_bytes", b"frozen_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
