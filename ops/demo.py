@@ -21,6 +21,7 @@ from pathlib import Path
 
 from trainer.strategies import DEFAULT_STRATEGY
 
+JOB = Path(__file__).resolve().parent / "jobs" / "demo.toml"
 # (memory MB, GFLOP/s) per device: phones to laptops, so ranks spread over [r_min, r_max].
 PROFILES = [(1504, 400), (1508, 400), (1512, 400), (1516, 400), (1524, 400), (2000, 400)]
 
@@ -133,13 +134,12 @@ def main() -> int:
                         "--dir", str(out / f"device-{i}")], env)  # fmt: skip
             print(f"    {said.strip()}", flush=True)
         print(f"4/5 running {args.rounds} {args.strategy} rounds on {args.model} with secure aggregation", flush=True)
+        # The job is ops/jobs/demo.toml, as a user would write it; this script's options override its keys.
         serve_orchestrator = [
-            "serve", "orchestrator", "--pki", str(pki), "--registry", str(out / "registry.db"),
+            "serve", "orchestrator", "--config", str(JOB), "--pki", str(pki), "--registry", str(out / "registry.db"),
             "--store", str(out / "store"), "--aggregator", f"127.0.0.1:{agg_port}", "--port", "0",
-            "--model", args.model, "--strategy", args.strategy, "--r-max", "16", "--rounds", str(args.rounds),
-            "--per-round", str(args.per_round), "--overselect", "1", "--local-steps", "2", "--batch-size", "2",
-            "--stage-timeout", "120", "--metrics-port", "0", "--eval-corpus", "chitchat", "--eval-clients",
-            str(len(PROFILES)),
+            "--metrics-port", "0", "--set", f"model.path={args.model}", "--set", f"strategy.name={args.strategy}",
+            "--set", f"rounds.count={args.rounds}", "--set", f"rounds.per_round={args.per_round}",
         ]  # fmt: skip
         orch = Proc("orchestrator", serve_orchestrator, env, out / "logs/orchestrator.log", loud=True)
         procs.append(orch)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.cli_ops import add_ops_commands
+from services.job_cli import add_job_arguments, parse_with_job
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.scaling import SCALING_MODES, Scaling
@@ -102,6 +103,7 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-save-versions", action="store_true", help="keep versions in memory only")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     add_dp_arguments(p)
+    add_job_arguments(p, secure_aggregation=False)
     p.set_defaults(func=_run_simulate)
 
 
@@ -202,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = parse_with_job(build_parser(), argv)
     try:
         return int(args.func(args))
     except ValueError as exc:

@@ -15,8 +15,10 @@ from typing import Any, TypeVar
 
 import grpc
 
+from services.job_cli import add_job_arguments
 from services.pki import init_pki, new_key_and_csr, write_private
 from trainer.privacy.options import add_dp_arguments, dp_settings
+from trainer.scaling import SCALING_MODES
 from trainer.strategies import DEFAULT_STRATEGY
 
 T = TypeVar("T")
@@ -62,6 +64,11 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--strategy", default=DEFAULT_STRATEGY, help="a factor strategy (see 'hetlora simulate --help')")
     orch.add_argument("--r-min", type=int, default=2)
     orch.add_argument("--r-max", type=int, default=32)
+    orch.add_argument("--scaling", choices=SCALING_MODES, default="constant", help="LoRA scale per rank")
+    orch.add_argument("--scaling-value", type=float, default=2.0, help="the constant scale, or α")
+    orch.add_argument("--gamma", type=float, default=0.99, help="HetLoRA self-pruning keep fraction γ (1 = off)")
+    orch.add_argument("--lam", type=float, default=0.01, help="HetLoRA tail penalty weight λ")
+    orch.add_argument("--sparsity-weighting", choices=("module", "client"), default="module")
     orch.add_argument("--rounds", type=int, default=10)
     orch.add_argument("--per-round", type=int, default=5, help="devices that train per round (before over-selection)")
     orch.add_argument("--overselect", type=float, default=1.3, help="sample this many times --per-round")
@@ -87,6 +94,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--eval-blocks", type=int, default=2, help="held-out blocks per client")
     orch.add_argument("--eval-seq-len", type=int, default=64)
     add_dp_arguments(orch)
+    add_job_arguments(orch, secure_aggregation=True)
     orch.set_defaults(func=_serve_orchestrator)
 
     admin = sub.add_parser("admin", help="operator calls over mTLS with the admin certificate")
@@ -164,7 +172,16 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
     _configure_logging()
     example_dp, user_dp = dp_settings(args)
     cfg = OrchestratorConfig(
-        strategy=strategy_settings(args.strategy, args.r_min, args.r_max),
+        strategy=strategy_settings(
+            args.strategy,
+            args.r_min,
+            args.r_max,
+            args.scaling,
+            args.scaling_value,
+            args.gamma,
+            args.lam,
+            args.sparsity_weighting,
+        ),
         train=pb.TrainSettings(steps=args.local_steps, batch_size=args.batch_size, lr=args.lr),
         rounds=RoundSettings(
             rounds=args.rounds,
