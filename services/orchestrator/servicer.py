@@ -67,9 +67,9 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             user_dp=self.template.user_dp,
             component_cohorts=list(task.component_cohorts),
         )
-        payload = task.factors
-        log.info("round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, len(payload))
-        for i, part in enumerate(chunks(payload)):
+        size = len(task.factors)
+        log.info("round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, size)
+        for i, part in enumerate(chunks(task.factors)):
             yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)
             DOWNLOAD_BYTES.inc(len(part))
 
