@@ -19,6 +19,7 @@ from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.scaling import SCALING_MODES, Scaling
 from trainer.strategies import DEFAULT_STRATEGY, EXPERIMENTAL, strategy_names
+from trainer.targets import BUILTIN_TARGETS, parse_target_spec
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -58,6 +59,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         choices=("tiny", "smollm2"),
         default="tiny",
         help="tiny: random-initialised Llama for smoke runs; smollm2: the real SmolLM2-135M-Instruct",
+    )
+    p.add_argument(
+        "--target-modules",
+        type=parse_target_spec,
+        default=",".join(BUILTIN_TARGETS),
+        help="layers that get LoRA: auto (peft's table for the architecture), all-linear, or a comma-separated list",
     )
     p.add_argument(
         "--corpus",
@@ -114,6 +121,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     cfg = SimulationConfig(
         strategies=args.strategy,
         model=args.model,
+        target_modules=args.target_modules,
         corpus=args.corpus,
         clients=args.clients,
         per_round=args.per_round,

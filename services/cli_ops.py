@@ -20,6 +20,7 @@ from services.pki import init_pki, new_key_and_csr, write_private
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.scaling import SCALING_MODES
 from trainer.strategies import DEFAULT_STRATEGY
+from trainer.targets import BUILTIN_TARGETS, parse_target_spec
 
 T = TypeVar("T")
 
@@ -61,6 +62,12 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--host", default="127.0.0.1")
     orch.add_argument("--port", type=int, default=50054, help="mTLS port devices poll (0 = any free port)")
     orch.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2", help="base model the devices run")
+    orch.add_argument(
+        "--target-modules",
+        type=parse_target_spec,
+        default=",".join(BUILTIN_TARGETS),
+        help="layers that get LoRA: auto (peft's table for the architecture), all-linear, or a comma-separated list",
+    )
     orch.add_argument("--strategy", default=DEFAULT_STRATEGY, help="a factor strategy (see 'hetlora simulate --help')")
     orch.add_argument("--r-min", type=int, default=2)
     orch.add_argument("--r-max", type=int, default=32)
@@ -197,7 +204,7 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
         user_dp=user_dp,
     )
     model = load_base_model(args.model)
-    shapes = adapted_modules(model)
+    shapes = adapted_modules(model, args.target_modules)
     running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port, _scorer(args, model))
     print(f"READY port={running.port}{_metrics(args)}", flush=True)
     stop = threading.Event()

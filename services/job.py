@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.strategies import DEFAULT_STRATEGY, strategy_names
+from trainer.targets import BUILTIN_TARGETS
 
 BUILTIN_MODELS = ("smollm2", "tiny")
 Positive = Annotated[int, Field(ge=1)]
@@ -47,6 +48,7 @@ class Section(BaseModel):
 
 class ModelSection(Section):
     path: Annotated[str, one_of(BUILTIN_MODELS)] = "smollm2"
+    target_modules: str | list[str] = list(BUILTIN_TARGETS)  # "auto", "all-linear" or layer names
 
 
 class LoraSection(Section):
@@ -132,6 +134,7 @@ class JobConfig(Section):
 # (section, key) -> the argparse destination of the command-line flag it stands for.
 DESTINATIONS: dict[tuple[str, str], str] = {
     ("model", "path"): "model",
+    ("model", "target_modules"): "target_modules",
     ("lora", "r_min"): "r_min",
     ("lora", "r_max"): "r_max",
     ("lora", "scaling"): "scaling",

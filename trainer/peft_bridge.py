@@ -19,29 +19,24 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from trainer.factors import LoraFactors, ModuleFactors, ModuleShape
-from trainer.model import LORA_TARGET_MODULES
 from trainer.scaling import Scaling
+from trainer.targets import BUILTIN_TARGETS, TargetSpec, resolve_targets, transposed_layers
 
-TARGET_MODULES: tuple[str, ...] = LORA_TARGET_MODULES
 _PEFT_PREFIX = "base_model.model."
 
 
-def adapted_modules(model: torch.nn.Module) -> dict[str, ModuleShape]:
-    """The attention projections LoRA adapts, by their name in the base model."""
-    shapes: dict[str, ModuleShape] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGET_MODULES:
-            shapes[name] = ModuleShape(d_out=module.out_features, d_in=module.in_features)
-    if not shapes:
-        raise ValueError(f"model has no {'/'.join(TARGET_MODULES)} linear layers to adapt")
-    return shapes
+def adapted_modules(model: torch.nn.Module, targets: TargetSpec = BUILTIN_TARGETS) -> dict[str, ModuleShape]:
+    """The layers LoRA adapts (``trainer.targets``), by their full name in the base model, with their shapes."""
+    return resolve_targets(model, targets)
 
 
-def lora_config(rank: int, scaling: Scaling) -> LoraConfig:
+def lora_config(rank: int, scaling: Scaling, modules: list[str], transposed: bool = False) -> LoraConfig:
+    """LoRA on exactly ``modules`` (full names, so nothing else matches); ``transposed`` for Conv1D layers."""
     return LoraConfig(
         r=rank,
         lora_alpha=scaling.peft_alpha(rank),  # type: ignore[arg-type]  # peft accepts float α
-        target_modules=list(TARGET_MODULES),
+        target_modules=modules,
+        fan_in_fan_out=transposed,
         lora_dropout=0.0,
         bias="none",
     )
@@ -63,10 +58,14 @@ def _lora_layers(peft_model: PeftModel) -> dict[str, LoraLayer]:
 
 @contextmanager
 def lora_attached(model: torch.nn.Module, factors: ModuleFactors, rank: int, scaling: Scaling) -> Iterator[PeftModel]:
-    """Attach a trainable rank-``rank`` LoRA holding ``factors``; the base model is restored on exit."""
+    """Attach a trainable rank-``rank`` LoRA on the layers ``factors`` names; the base model is restored on exit."""
+    names = sorted(factors)
+    transposed = transposed_layers(model, names)
+    if transposed and len(transposed) != len(names):
+        raise ValueError("cannot adapt Conv1D and Linear layers in one adapter (peft's fan_in_fan_out is global)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # peft warns when a model is wrapped again after unload()
-        peft_model = get_peft_model(model, lora_config(rank, scaling))
+        peft_model = get_peft_model(model, lora_config(rank, scaling, names, bool(transposed)))
     try:
         layers = _lora_layers(peft_model)
         if set(layers) != set(factors):
@@ -106,15 +105,20 @@ def read_factors(peft_model: PeftModel, rank: int | None = None) -> dict[str, Lo
 
 @contextmanager
 def deltas_merged(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) -> Iterator[torch.nn.Module]:
-    """Temporarily W ← W + ΔW for each named module; the original weights are restored bit for bit."""
+    """Temporarily W ← W + ΔW for each named module; the original weights are restored bit for bit.
+
+    ΔW is d_out × d_in; a Conv1D layer stores its weight d_in × d_out, so it takes ΔWᵀ.
+    """
     modules = dict(model.named_modules())
+    transposed = transposed_layers(model, list(deltas))
     saved: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():
             for name, delta in deltas.items():
                 weight = modules[name].weight
                 saved[name] = weight.detach().clone()
-                weight.add_(torch.from_numpy(np.asarray(delta, np.float32)).to(weight.device))
+                d = torch.from_numpy(np.asarray(delta, np.float32)).to(weight.device)
+                weight.add_(d.T if name in transposed else d)
         yield model
     finally:
         with torch.no_grad():

@@ -32,12 +32,14 @@ from trainer.round_engine import RoundEngine, derive_seed
 from trainer.scaling import Scaling
 from trainer.store import DirectoryStore, MemoryStore, VersionStore
 from trainer.strategies import GlobalAdapter, StrategyConfig, make_strategy, strategy_names
+from trainer.targets import BUILTIN_TARGETS, TargetSpec
 
 
 @dataclass(frozen=True)
 class SimulationConfig:
     strategies: tuple[str, ...] = ("homlora", "hetlora", "flexlora")
     model: str = "tiny"
+    target_modules: TargetSpec = BUILTIN_TARGETS  # which layers get LoRA (trainer.targets)
     corpus: str = "chitchat"
     clients: int = 8
     per_round: int = 4
@@ -113,7 +115,7 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
             strict=True,
         )
     )
-    shapes = adapted_modules(model)
+    shapes = adapted_modules(model, cfg.target_modules)
     train = TrainConfig(steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr)
     base_loss = mean_client_loss(model, eval_sets)
     records: list[dict] = []

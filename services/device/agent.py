@@ -28,10 +28,10 @@ from services.transport import channel
 from trainer.data.types import ClientDataset
 from trainer.device import Task, run_task
 from trainer.local_train import TrainConfig
-from trainer.peft_bridge import adapted_modules
 from trainer.privacy import PrivacyLedger
 from trainer.privacy.device_side import DevicePrivacy
 from trainer.strategies import make_strategy
+from trainer.targets import linear_layers, task_shapes
 
 MAX_TASK_BYTES = 4 << 30
 # Statuses after which a device simply checks in again: a service restarting or a connection cut mid-call
@@ -73,7 +73,11 @@ class DeviceAgent:
         ledger_path: Path | None = None,
     ) -> None:
         self.orchestrator, self.aggregator_for, self.model, self.data = orchestrator, aggregator_for, model, data
-        self.shapes = adapted_modules(model)
+        self.layers = linear_layers(model)  # the task names the layers to adapt; these are what this model has
+        # The key a pending check-in advertised: kept across polls until a task comes, because the orchestrator
+        # may open a round with the key of a poll that then expires; a fresh key on the next poll would make
+        # the aggregator refuse this device's signed advertisement. A new key for every round it trains.
+        self._pending_signer: Ed25519Signer | None = None
         # The device's example-level ledger: kept across rounds (and across restarts when there is a path).
         self.ledger_path = ledger_path
         self.ledger: PrivacyLedger | None = None
@@ -131,10 +135,12 @@ class DeviceAgent:
         """One check-in; trains and uploads when a task comes. ``crash_before`` (a stage) simulates a crash."""
         from secure_agg import Stage
 
-        signer = Ed25519Signer.generate()
+        signer = self._pending_signer or Ed25519Signer.generate()
+        self._pending_signer = signer
         fetched = self.fetch(signer, wait_s)
         if fetched is None:
             return None
+        self._pending_signer = None  # this round uses it; the next check-in advertises a new key
         header, payload = fetched
         strategy = make_strategy(header.strategy.name, strategy_config(header.strategy))
         task = Task(
@@ -145,6 +151,7 @@ class DeviceAgent:
             header.seed,
             tuple(header.component_cohorts),
         )
+        shapes = task_shapes(self.layers, task.factors)
         train = TrainConfig(steps=header.train.steps, batch_size=header.train.batch_size, lr=header.train.lr)
         report = run_task(strategy, self.model, self.data, task, train, self._privacy(header))
         self.save_ledger()  # spent once trained, whether or not the upload makes it into a sum
@@ -153,9 +160,9 @@ class DeviceAgent:
         edges = tuple(sa.bucket_edges)
         secure = SecureSumConfig(sa.weight_bound, sa.value_bound)
         if strategy.dense_upload:
-            vector = encode_dense(report.contribution, self.shapes, secure)
+            vector = encode_dense(report.contribution, shapes, secure)
         else:
-            vector = encode_factors(report.contribution, self.shapes, edges, secure)
+            vector = encode_factors(report.contribution, shapes, edges, secure)
         codec = FixedPointCodec(sa.value_bound, 1.0, sa.max_clients)
         stub = self.aggregator_for(sa.aggregator_target)
         try:

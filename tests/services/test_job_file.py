@@ -9,6 +9,7 @@ import pytest
 from services.cli import build_parser
 from services.job import JobError, flag_defaults, load_job, parse_override
 from services.job_cli import parse_with_job
+from trainer.targets import BUILTIN_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "ops/jobs").glob("*.toml"))
@@ -99,3 +100,12 @@ def test_the_cli_refuses_a_bad_job_before_starting(tmp_path: Path, capsys: pytes
         parse_with_job(build_parser(), [*argv, "--config", str(path)])
     assert exit_.value.code == 2
     assert "rounds.per_round must be at least 2" in capsys.readouterr().err
+
+
+def test_target_modules_from_the_job_reach_both_commands(tmp_path: Path) -> None:
+    path = write(tmp_path, "[model]\ntarget_modules = ['q_proj', 'v_proj']\n")
+    args = parse_with_job(build_parser(), ["simulate", "--out", "o", "--config", str(path)])
+    assert args.target_modules == ("q_proj", "v_proj")
+    args = parse_with_job(build_parser(), ["simulate", "--out", "o", "--set", "model.target_modules=auto"])
+    assert args.target_modules == "auto"
+    assert parse_with_job(build_parser(), ["simulate", "--out", "o"]).target_modules == BUILTIN_TARGETS

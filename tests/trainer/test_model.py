@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from trainer import model as tm
+from trainer.targets import BUILTIN_TARGETS
 
 
 def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -72,7 +73,7 @@ def test_tiny_model_is_frozen_fp32_eval_llama_with_gqa(tiny_model_factory) -> No
     assert not model.training
     assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    assert set(tm.LORA_TARGET_MODULES) <= names
+    assert set(BUILTIN_TARGETS) <= names
 
 
 def test_tiny_model_is_seeded_and_leaves_global_rng_alone(tiny_model_factory) -> None:
