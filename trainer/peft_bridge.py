@@ -60,7 +60,7 @@ def _lora_layers(peft_model: PeftModel) -> dict[str, LoraLayer]:
 def lora_attached(model: torch.nn.Module, factors: ModuleFactors, rank: int, scaling: Scaling) -> Iterator[PeftModel]:
     """Attach a trainable rank-``rank`` LoRA on the layers ``factors`` names; the base model is restored on exit."""
     names = sorted(factors)
-    transposed = transposed_layers(model, names)
+    transposed = transposed_layers(dict(model.named_modules()), names)
     if transposed and len(transposed) != len(names):
         raise ValueError("cannot adapt Conv1D and Linear layers in one adapter (peft's fan_in_fan_out is global)")
     with warnings.catch_warnings():
@@ -110,7 +110,7 @@ def deltas_merged(model: torch.nn.Module, deltas: Mapping[str, np.ndarray]) -> I
     ΔW is d_out × d_in; a Conv1D layer stores its weight d_in × d_out, so it takes ΔWᵀ.
     """
     modules = dict(model.named_modules())
-    transposed = transposed_layers(model, list(deltas))
+    transposed = transposed_layers(modules, list(deltas))
     saved: dict[str, torch.Tensor] = {}
     try:
         with torch.no_grad():

@@ -44,16 +44,21 @@ def linear_layers(model: torch.nn.Module) -> dict[str, ModuleShape]:
     return out
 
 
-def transposed_layers(model: torch.nn.Module, names: Sequence[str]) -> set[str]:
-    """The named layers whose weight is stored d_in × d_out (``Conv1D``): ΔW is added to them transposed."""
+def transposed_layers(modules: Mapping[str, torch.nn.Module], names: Sequence[str]) -> set[str]:
+    """The named layers (of ``dict(model.named_modules())``) whose weight is stored d_in × d_out (``Conv1D``):
+    ΔW is added to them transposed."""
     from transformers.pytorch_utils import Conv1D
 
-    modules = dict(model.named_modules())
     return {n for n in names if isinstance(modules[n], Conv1D)}
 
 
 def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
+
+
+def _layer_names(layers: Mapping[str, ModuleShape]) -> str:
+    """The distinct last name parts of the layers: what a user can put in target_modules."""
+    return ", ".join(sorted({n.rsplit(".", 1)[-1] for n in layers}))
 
 
 def auto_targets(model: torch.nn.Module) -> list[str]:
@@ -63,10 +68,9 @@ def auto_targets(model: torch.nn.Module) -> list[str]:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     names = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(str(model_type))
     if not names:
-        suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear_layers(model)})
         raise ValueError(
             f"peft has no default LoRA targets for model_type {model_type!r}: set target_modules to "
-            f"'{ALL_LINEAR}' or a list of this model's linear layers: {', '.join(suffixes)}"
+            f"'{ALL_LINEAR}' or a list of this model's linear layers: {_layer_names(linear_layers(model))}"
         )
     return list(names)
 
@@ -80,10 +84,9 @@ def resolve_targets(model: torch.nn.Module, spec: TargetSpec = AUTO) -> dict[str
         wanted = auto_targets(model) if spec == AUTO else [spec] if isinstance(spec, str) else list(spec)
         missing = [t for t in wanted if not any(_matches(n, t) for n in layers)]
         if missing or not wanted:
-            suffixes = sorted({n.rsplit(".", 1)[-1] for n in layers})
             raise ValueError(
                 f"target modules {missing or wanted} match no linear layer of this model; "
-                f"its linear layers are: {', '.join(suffixes)}"
+                f"its linear layers are: {_layer_names(layers)}"
             )
         chosen = {n: s for n, s in layers.items() if any(_matches(n, t) for t in wanted)}
     if not chosen:
