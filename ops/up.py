@@ -3,8 +3,10 @@
 `make up` creates a CA (once) under runs/up/, starts enrollment, aggregator and orchestrator on their default
 ports with /metrics on 9101-9103, writes Prometheus' file-discovery targets and starts Prometheus (Debian's
 `prometheus` package) on 127.0.0.1:9090 with the shipped config and alert rules. With `--devices N` it also
-enrolls N devices and starts them, so rounds run and the metrics move. Every process runs detached, its log
-under runs/up/logs/ and its pid in runs/up/pids/; `make down` stops them all.
+enrolls N devices, exports each one's own chat data as JSONL (`hetlora data export`) and starts them with
+`device run --data`, so rounds run and the metrics move. The orchestrator runs the job file (`--config`, default
+ops/jobs/demo.toml) with the rounds and model given here as `--set` overrides. Every process runs detached, its
+log under runs/up/logs/ and its pid in runs/up/pids/; `make down` stops them all.
 Standard library only: an operator's script, not part of the package.
 """
 
@@ -90,12 +92,13 @@ def up(args: argparse.Namespace) -> int:
            "--metrics-port", str(METRICS["enrollment"])), "READY", 60)  # fmt: skip
     launch(state, "aggregator", serve("aggregator", *tls, "--port", str(PORTS["aggregator"]),
            "--metrics-port", str(METRICS["aggregator"])), "READY", 60)  # fmt: skip
-    launch(state, "orchestrator", serve("orchestrator", *tls, "--registry", str(state / "registry.db"),
+    job = ["--config", str(args.config), "--set", f"model.path={args.model}", "--set", f"lora.r_max={args.r_max}",
+           "--set", f"rounds.count={args.rounds}", "--set", f"rounds.per_round={max(2, min(args.devices, 4))}",
+           "--set", "eval.clients=4"]  # fmt: skip
+    launch(state, "orchestrator", serve("orchestrator", *tls, *job, "--registry", str(state / "registry.db"),
            "--store", str(state / "store"), "--aggregator", f"127.0.0.1:{PORTS['aggregator']}",
-           "--port", str(PORTS["orchestrator"]), "--model", args.model, "--r-max", str(args.r_max),
-           "--rounds", str(args.rounds), "--per-round", str(max(2, min(args.devices, 4))), "--overselect", "1",
-           "--local-steps", "2", "--batch-size", "2", "--eval-corpus", "chitchat", "--eval-clients", "4",
-           "--metrics-port", str(METRICS["orchestrator"])), "READY", 180)  # fmt: skip
+           "--port", str(PORTS["orchestrator"]), "--metrics-port", str(METRICS["orchestrator"])),
+           "READY", 180)  # fmt: skip
     targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"component": c}} for c, port in METRICS.items()]
     prom = state / "prometheus"
     (prom / "targets" / "hetlora.json").write_text(json.dumps(targets, indent=1))
@@ -109,6 +112,11 @@ def up(args: argparse.Namespace) -> int:
            "Server is ready", 60)  # fmt: skip
     wait_http(f"http://127.0.0.1:{PROMETHEUS}/-/ready", 30)
     admin = ["admin", "--pki", str(pki), "--target", f"127.0.0.1:{PORTS['admin']}"]
+    data = state / "data"
+    if args.devices and len(list(data.glob("*/training.jsonl"))) < args.devices:
+        shutil.rmtree(data, ignore_errors=True)
+        hetlora("data", "export", "chitchat", "--clients", str(args.devices), "--out", str(data))
+    device_data = sorted(p.parent for p in data.glob("*/training.jsonl"))
     for i in range(args.devices):
         mem, gflops = PROFILES[i % len(PROFILES)]
         home = state / f"device-{i}"
@@ -119,7 +127,7 @@ def up(args: argparse.Namespace) -> int:
                     "--memory-mb", str(mem), "--gflops", str(gflops), "--dir", str(home))  # fmt: skip
         launch(state, f"device-{i}", [sys.executable, "-m", "services.cli", "device", "run", "--dir", str(home),
                "--orchestrator", f"127.0.0.1:{PORTS['orchestrator']}", "--model", args.model,
-               "--client-index", str(i)], "READY", 120)  # fmt: skip
+               "--data", str(device_data[i])], "READY", 120)  # fmt: skip
     print(f"\nup: {args.devices} device(s) training, {args.rounds} rounds of hetlora-rebase on {args.model}")
     print(f"  Prometheus  http://127.0.0.1:{PROMETHEUS}  (alerts: /alerts, try the query hetlora_global_version)")
     for c, port in METRICS.items():
@@ -151,7 +159,8 @@ def main() -> int:
     p.add_argument("--down", action="store_true", help="stop everything 'up' started")
     p.add_argument("--state", type=Path, default=ROOT / "runs" / "up", help="PKI, registry, store, logs, pids")
     p.add_argument("--devices", type=int, default=0, help="also enroll and start this many devices")
-    p.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
+    p.add_argument("--config", type=Path, default=ROOT / "ops" / "jobs" / "demo.toml", help="the job file")
+    p.add_argument("--model", default="smollm2", help="the job's base model: a HF folder, a .gguf file or a name")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--r-max", type=int, default=16)
     args = p.parse_args()

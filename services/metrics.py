@@ -68,6 +68,12 @@ UPLOAD_BYTES = Counter("hetlora_upload_bytes_total", "Bytes of updates devices d
 DOWNLOAD_BYTES = Counter(
     "hetlora_download_bytes_total", "Bytes of global factors streamed to devices in tasks", registry=None
 )
+DEVICES_UNAVAILABLE = Counter(
+    "hetlora_devices_unavailable_total",
+    "Devices turned away or reporting they cannot train, by reason (base_model, bad_data)",
+    ["reason"],
+    registry=None,
+)
 STAGES = Counter("hetlora_secagg_stages_total", "Secure-aggregation stages closed", ["stage"], registry=None)
 STAGE_DROPPED = Counter(
     "hetlora_secagg_dropped_devices_total", "Devices that missed a stage deadline", ["stage"], registry=None
@@ -112,6 +118,7 @@ OWNED: dict[str, tuple[Collector, ...]] = {
         PRUNED_RANK,
         UPLOAD_BYTES,
         DOWNLOAD_BYTES,
+        DEVICES_UNAVAILABLE,
     ),
     "aggregator": (
         STAGES,

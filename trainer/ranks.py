@@ -1,13 +1,17 @@
 """Which LoRA rank a device gets: from its profile in production, from a distribution in experiments.
 
 A device's rank is the largest one whose training fits its memory and whose local step fits the round's
-time budget, clamped to [r_min, r_max]. Experiments use FlexLoRA's four resource tiers and their sampling
-probabilities (spec §2.3), mapped onto [r_min, r_max], plus the uniform-integer draw of the reference run.
+time budget, clamped to [r_min, r_max]. Two ways to know what a rank costs: points the device measured on the
+job's own model (``hetlora device enroll --probe``, trainer/probe.py), interpolated per rank, or, when an
+operator types a profile by hand, a linear cost model fitted once to SmolLM2. Experiments use FlexLoRA's four
+resource tiers and their sampling probabilities (spec §2.3), mapped onto [r_min, r_max], plus the
+uniform-integer draw of the reference run.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +54,77 @@ def assign_rank(profile: DeviceProfile, r_min: int, r_max: int, cost: TrainingCo
     by_time = (profile.gflops * c.step_budget_s - c.base_gflop) / c.gflop_per_rank
     fit = math.floor(min(by_memory, by_time))
     return int(min(r_max, max(r_min, fit)))
+
+
+@dataclass(frozen=True)
+class RankPoint:
+    """What one local step cost at ``rank``: the process's peak memory (MiB) and the step's wall time (s)."""
+
+    rank: int
+    peak_memory_mb: float
+    step_seconds: float
+
+
+def interpolate(points: Sequence[RankPoint], rank: int) -> RankPoint:
+    """The cost at ``rank``, piecewise linear through the measured points (any order, distinct ranks).
+
+    LoRA adds r·(d_in + d_out) weights per layer plus their grads, Adam moments and the r-wide activations, so
+    both costs are affine in r and two measurements pin them down; more points just make it piecewise.
+    Outside the measured ranks the estimate is conservative: below the lowest it is the lowest point's cost,
+    above the highest the last segment is extended but never downwards (a measurement that happened to be
+    cheaper at a higher rank must not make ranks beyond it look free).
+    """
+    pts = sorted(points, key=lambda p: p.rank)
+    if len(pts) < 2 or len({p.rank for p in pts}) != len(pts):
+        raise ValueError(f"need at least two points at distinct ranks, got ranks {[p.rank for p in pts]}")
+    if rank <= pts[0].rank:
+        return RankPoint(rank, pts[0].peak_memory_mb, pts[0].step_seconds)
+    hi = next((i for i, p in enumerate(pts) if p.rank >= rank), len(pts) - 1)
+    a, b = pts[hi - 1], pts[hi]
+    t = (rank - a.rank) / (b.rank - a.rank)
+    if rank > b.rank:  # beyond the highest measurement: extend the last segment, never downwards
+        return RankPoint(
+            rank,
+            b.peak_memory_mb + max(0.0, b.peak_memory_mb - a.peak_memory_mb) * (t - 1),
+            b.step_seconds + max(0.0, b.step_seconds - a.step_seconds) * (t - 1),
+        )
+    return RankPoint(
+        rank,
+        a.peak_memory_mb + t * (b.peak_memory_mb - a.peak_memory_mb),
+        a.step_seconds + t * (b.step_seconds - a.step_seconds),
+    )
+
+
+def fits(point: RankPoint, free_memory_mb: float, step_budget_s: float, memory_fraction: float) -> bool:
+    """Whether a rank's cost leaves the safety margin free and its step meets the round's budget."""
+    return point.peak_memory_mb <= free_memory_mb * memory_fraction and point.step_seconds <= step_budget_s
+
+
+def assign_measured_rank(
+    points: Sequence[RankPoint],
+    free_memory_mb: float,
+    r_min: int,
+    r_max: int,
+    step_budget_s: float,
+    memory_fraction: float = 0.8,
+) -> int:
+    """Largest rank in [r_min, r_max] whose interpolated cost fits; r_min when none does (the device still joins).
+
+    Every rank is checked, not just up to the first that fails: measurements need not be monotone in rank
+    (timing noise), and a rank that fits beyond one that does not is still a rank that fits.
+    ``memory_fraction`` of the free memory is usable: the rest absorbs what the probe's few steps did not see
+    (other apps, allocator fragmentation, the data pipeline).
+    """
+    if not 1 <= r_min <= r_max:
+        raise ValueError(f"need 1 ≤ r_min ≤ r_max, got {r_min}, {r_max}")
+    if not 0 < memory_fraction <= 1 or step_budget_s <= 0:
+        raise ValueError(f"need 0 < memory_fraction ≤ 1 and a positive budget, got {memory_fraction}, {step_budget_s}")
+    fitting = [
+        r
+        for r in range(r_min, r_max + 1)
+        if fits(interpolate(points, r), free_memory_mb, step_budget_s, memory_fraction)
+    ]
+    return max(fitting, default=r_min)
 
 
 # FlexLoRA's resource distributions over four tiers, ordered from weakest to strongest device

@@ -150,6 +150,10 @@ class RoundEngine:
             sums = sum_contributions(clear, self.strategy.global_rank)
         _, current = self.store.latest()
         record: dict = {"round": plan.round, "reported": list(reported), "dropped": list(dropped), "ranks": after}
+        # What `hetlora export --rank R` needs to rebuild a rank-R device's adapter from this version.
+        scaling = self.strategy.config.scaling
+        record["strategy"] = self.strategy.name
+        record["scaling"] = {"mode": scaling.mode, "value": scaling.value}
         if self.privacy is not None:
             sums = self.privacy.release(sums)
             realised = component_cohorts(after.values(), self.strategy.global_rank)

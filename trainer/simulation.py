@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
+from trainer.data.local import load_client_dirs
+from trainer.data.records import Columns
 from trainer.data.registry import load_federated_corpus
 from trainer.data.types import ClientDataset
 from trainer.device import run_task
@@ -38,9 +41,16 @@ from trainer.targets import BUILTIN_TARGETS, TargetSpec
 @dataclass(frozen=True)
 class SimulationConfig:
     strategies: tuple[str, ...] = ("homlora", "hetlora", "flexlora")
-    model: str = "tiny"
+    model: str = "tiny"  # a built-in name, a Hugging Face folder or a .gguf file (trainer.model)
+    dtype: str = "auto"
+    gradient_checkpointing: bool = False
     target_modules: TargetSpec = BUILTIN_TARGETS  # which layers get LoRA (trainer.targets)
-    corpus: str = "chitchat"
+    corpus: str = "chitchat"  # a built-in corpus, used when there is no ``data``
+    data: Path | None = None  # one file/folder per client, or one file split by ``partition_by`` (trainer.data.local)
+    partition_by: str | None = None
+    data_format: str = "auto"
+    loss_on: str = "response"
+    columns: Mapping[str, str] = field(default_factory=dict)  # record field -> the data's column name
     clients: int = 8
     per_round: int = 4
     rounds: int = 3
@@ -88,6 +98,24 @@ def capped_train(client: ClientDataset, blocks: int) -> ClientDataset:
     return replace(client, train=client.train.select(keep))
 
 
+def load_clients(cfg: SimulationConfig, tokenizer: PreTrainedTokenizerBase) -> list[ClientDataset]:
+    """The simulated clients: the user's files when ``cfg.data`` is set, else a built-in corpus."""
+    if cfg.data is None:
+        return load_federated_corpus(cfg.corpus, tokenizer, cfg.clients, cfg.seq_len, heldout_blocks=cfg.eval_blocks)
+    return load_client_dirs(
+        cfg.data,
+        tokenizer,
+        cfg.clients,
+        cfg.seq_len,
+        heldout_blocks=cfg.eval_blocks,
+        min_train_blocks=4,
+        partition_by=cfg.partition_by,
+        format=cfg.data_format,
+        loss_on=cfg.loss_on,
+        columns=Columns(**cfg.columns),
+    )
+
+
 def _store(cfg: SimulationConfig, out: Path | None, name: str, initial: GlobalAdapter) -> VersionStore:
     """Versions go to disk in peft format when there is an output directory, else stay in memory."""
     if cfg.save_versions and out is not None:
@@ -97,11 +125,9 @@ def _store(cfg: SimulationConfig, out: Path | None, name: str, initial: GlobalAd
 
 def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: bool = True) -> list[dict]:
     """Run every strategy for ``cfg.rounds`` rounds; returns (and writes) the per-round records."""
-    tokenizer = load_tokenizer()
-    model = load_base_model(cfg.model, device=cfg.device, seed=cfg.seed)
-    clients: list[ClientDataset] = load_federated_corpus(
-        cfg.corpus, tokenizer, cfg.clients, cfg.seq_len, heldout_blocks=cfg.eval_blocks
-    )
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_base_model(cfg.model, cfg.device, cfg.seed, cfg.dtype, cfg.gradient_checkpointing)
+    clients = load_clients(cfg, tokenizer)
     if cfg.train_blocks is not None:
         clients = [capped_train(c, cfg.train_blocks) for c in clients]
     scored = clients[: cfg.eval_clients or len(clients)]

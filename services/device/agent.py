@@ -7,6 +7,7 @@ rank after pruning, the training loss and the example count.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.secure_upload import LeftRoundError, WireBytes, secure_upload
+from services.errors import BASE_MODEL_MISMATCH
 from services.orchestrator.task_codec import factors_from_bytes
 from services.privacy_settings import example_dp_from, spend_message, user_dp_from
 from services.secure_sum import SecureSumConfig, encode_dense, encode_factors
@@ -54,6 +56,10 @@ def all_rounds_finished(error: grpc.RpcError) -> bool:
     return error.code() == grpc.StatusCode.FAILED_PRECONDITION and "rounds are finished" in (error.details() or "")
 
 
+class BaseModelMismatchError(RuntimeError):
+    """This device's base model is not the job's: it must not train (its factors would fit other weights)."""
+
+
 @dataclass(frozen=True)
 class RoundDone:
     round_id: int
@@ -61,6 +67,15 @@ class RoundDone:
     rank_after: int
     train_loss: float
     wire: WireBytes | None  # None when the device fell out of the secure-aggregation round
+
+
+def report_unavailable(
+    orchestrator: rpc.OrchestratorServiceStub, reason: pb.UnavailableReason.ValueType, detail: str
+) -> None:
+    """Tell the orchestrator why this device cannot train, so the operator sees it (best effort)."""
+    request = pb.ReportUnavailableRequest(reason=reason, detail=detail[:1000])
+    with contextlib.suppress(grpc.RpcError):  # the device stops either way; its own log has the reason
+        orchestrator.ReportUnavailable(request, timeout=30)
 
 
 class DeviceAgent:
@@ -71,8 +86,10 @@ class DeviceAgent:
         model: torch.nn.Module,
         data: ClientDataset,
         ledger_path: Path | None = None,
+        fingerprint: str = "",
     ) -> None:
         self.orchestrator, self.aggregator_for, self.model, self.data = orchestrator, aggregator_for, model, data
+        self.fingerprint = fingerprint  # trainer.fingerprint of the base model this device loaded
         self.layers = linear_layers(model)  # the task names the layers to adapt; these are what this model has
         # The key a pending check-in advertised: kept across polls until a task comes, because the orchestrator
         # may open a round with the key of a poll that then expires; a fresh key on the next poll would make
@@ -94,6 +111,7 @@ class DeviceAgent:
         model: torch.nn.Module,
         data: ClientDataset,
         ledger_path: Path | None = None,
+        fingerprint: str = "",
     ) -> DeviceAgent:
         """An agent whose calls to the orchestrator and to the aggregator a task names use its enrolled cert."""
 
@@ -106,11 +124,14 @@ class DeviceAgent:
             model,
             data,
             ledger_path,
+            fingerprint,
         )
 
     def fetch(self, signer: Ed25519Signer, wait_s: float) -> tuple[pb.TaskHeader, bytes] | None:
         """Check in and wait for a task; None when there is none yet."""
-        request = pb.GetTaskRequest(wait_ms=int(wait_s * 1000), signing_public_key=signer.public_bytes)
+        request = pb.GetTaskRequest(
+            wait_ms=int(wait_s * 1000), signing_public_key=signer.public_bytes, base_model_fingerprint=self.fingerprint
+        )
         header: pb.TaskHeader | None = None
         parts: list[bytes] = []
         try:
@@ -123,9 +144,15 @@ class DeviceAgent:
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 return None
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and BASE_MODEL_MISMATCH in (e.details() or ""):
+                raise BaseModelMismatchError(e.details()) from None
             raise
         if header is None:
             raise ValueError("task stream carried no header")
+        if header.base_model_fingerprint and header.base_model_fingerprint != self.fingerprint:
+            why = f"the task is for base model {header.base_model_fingerprint}, this device loaded {self.fingerprint}"
+            self.report_unavailable(pb.UNAVAILABLE_REASON_BASE_MODEL, why)
+            raise BaseModelMismatchError(f"{BASE_MODEL_MISMATCH}: {why}")
         data = b"".join(parts)
         if len(data) != header.factors_bytes:
             raise ValueError(f"task stream carried {len(data)} bytes, the header announced {header.factors_bytes}")
@@ -218,6 +245,9 @@ class DeviceAgent:
             tmp = self.ledger_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(self.ledger.to_json()))
             tmp.replace(self.ledger_path)
+
+    def report_unavailable(self, reason: pb.UnavailableReason.ValueType, detail: str) -> None:
+        report_unavailable(self.orchestrator, reason, detail)
 
     def _report(self, request: pb.ReportTrainingRequest) -> None:
         """Plain metadata after the masked upload; a round the orchestrator no longer runs (it restarted) is

@@ -17,7 +17,9 @@ class EnrollmentServicer(rpc.EnrollmentServiceServicer):
 
     @grpc_errors
     def Enroll(self, request: pb.EnrollRequest, context: grpc.ServicerContext) -> pb.EnrollResponse:
-        done = self.handler.enroll(request.token, request.csr_pem, request.profile.memory_mb, request.profile.gflops)
+        profile = request.profile
+        measured = [(m.rank, m.peak_memory_mb, m.step_seconds) for m in profile.measured]
+        done = self.handler.enroll(request.token, request.csr_pem, profile.memory_mb, profile.gflops, measured)
         return pb.EnrollResponse(
             device_id=done.device_id,
             certificate_pem=done.certificate_pem,

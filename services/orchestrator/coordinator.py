@@ -111,6 +111,7 @@ class Coordinator:
         self._next_id = int(time.time() * 1000) * 1000  # unique across restarts: the aggregator never reuses ids
         self._index = first_round  # the next round to run; after a restart, the one after the last committed
         self.refusal: str | None = None  # why no more rounds run although some are left (the privacy budget)
+        self.unavailable_devices: dict[str, str] = {}  # device -> why it said it cannot train (until it checks in)
 
     def start(self) -> None:
         self._thread.start()
@@ -143,6 +144,7 @@ class Coordinator:
             self.engine.device_ranks[device_id] = self._device_rank(device_id)
         end = self._clock() + wait_s
         with self._cond:
+            self.unavailable_devices.pop(device_id, None)
             if device_id not in self._assigned:
                 self._seen[device_id] = (self._clock(), signing_key)
                 self._cond.notify_all()
@@ -168,6 +170,12 @@ class Coordinator:
                 raise errors.invalid("rank_after", f"must be in [1, rank_before={report.rank_before}]")
             self._reports[device_id] = report
             self._cond.notify_all()
+
+    def unavailable(self, device_id: str, why: str) -> None:
+        """The device says it cannot train: it is not sampled again until it checks in anew."""
+        with self._cond:
+            self._seen.pop(device_id, None)
+            self.unavailable_devices[device_id] = why
 
     # round loop ----------------------------------------------------------------------------------------
     def _available(self) -> list[str]:

@@ -44,6 +44,7 @@ class OrchestratorConfig:
     base_model: str = "tiny"
     example_dp: ExampleDP | None = None
     user_dp: UserDP | None = None
+    base_model_fingerprint: str = ""  # trainer.fingerprint; devices whose base differs are refused
 
 
 @dataclass
@@ -149,6 +150,7 @@ def start(
         cfg.aggregator_target,
         int(cfg.rounds.round_deadline_s * 1000),
         user_dp_message(cfg.user_dp) if cfg.user_dp is not None else None,
+        cfg.base_model_fingerprint,
     )
     server = new_server(workers=64, service="orchestrator")
     add_servicer(

@@ -12,8 +12,8 @@ from services import errors
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.auth import peer_identity, require_device
-from services.errors import grpc_errors
-from services.metrics import DOWNLOAD_BYTES
+from services.errors import BASE_MODEL_MISMATCH, grpc_errors
+from services.metrics import DEVICES_UNAVAILABLE, DOWNLOAD_BYTES
 from services.orchestrator.coordinator import Coordinator
 from services.orchestrator.task_codec import chunks
 from services.privacy_settings import spend_from
@@ -21,6 +21,8 @@ from services.registry import DeviceRegistry
 from trainer.device import Report
 
 MAX_WAIT_S = 60.0
+MAX_DETAIL_CHARS = 1000
+REASONS = {pb.UNAVAILABLE_REASON_BAD_DATA: "bad_data", pb.UNAVAILABLE_REASON_BASE_MODEL: "base_model"}
 log = logging.getLogger("hetlora.orchestrator")
 
 
@@ -33,6 +35,7 @@ class TaskTemplate:
     aggregator_target: str
     deadline_ms: int
     user_dp: pb.UserDpSettings | None = None
+    base_model_fingerprint: str = ""  # empty: not checked (tests that build a bare orchestrator)
 
 
 class OrchestratorServicer(rpc.OrchestratorServiceServicer):
@@ -42,6 +45,7 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
     def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> Iterator[pb.GetTaskResponse]:
         try:
             device = require_device(peer_identity(context), self.registry)
+            self._require_base_model(device, request.base_model_fingerprint)
             task = self.coordinator.check_in(
                 device, request.signing_public_key, min(request.wait_ms / 1000, MAX_WAIT_S)
             )
@@ -66,6 +70,7 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             factors_bytes=len(task.factors),
             user_dp=self.template.user_dp,
             component_cohorts=list(task.component_cohorts),
+            base_model_fingerprint=self.template.base_model_fingerprint,
         )
         size = len(task.factors)
         log.info("round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, size)
@@ -98,6 +103,33 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             request.num_examples,
         )
         return pb.ReportTrainingResponse()
+
+    def _require_base_model(self, device: str, fingerprint: str) -> None:
+        """Refuse a device whose base model is not the job's before it is ever sampled, and say so in the log."""
+        expected = self.template.base_model_fingerprint
+        if not expected or fingerprint == expected:
+            return
+        DEVICES_UNAVAILABLE.labels("base_model").inc()
+        log.warning("device=%s refused: base model %r, the job trains %r", device, fingerprint, expected)
+        raise errors.precondition(
+            f"{BASE_MODEL_MISMATCH}: this device loaded {fingerprint or '(none reported)'}, the job trains "
+            f"{expected}; start the device with the job's [model] path (same file, same target_modules)"
+        )
+
+    @grpc_errors
+    def ReportUnavailable(
+        self, request: pb.ReportUnavailableRequest, context: grpc.ServicerContext
+    ) -> pb.ReportUnavailableResponse:
+        device = require_device(peer_identity(context), self.registry)
+        reason = REASONS.get(request.reason)
+        if reason is None:
+            raise errors.invalid("reason", f"must be one of {', '.join(pb.UnavailableReason.keys()[1:])}")
+        if len(request.detail) > MAX_DETAIL_CHARS:
+            raise errors.invalid("detail", f"at most {MAX_DETAIL_CHARS} characters")
+        DEVICES_UNAVAILABLE.labels(reason).inc()
+        log.warning("device=%s cannot train (%s): %r", device, reason, request.detail)
+        self.coordinator.unavailable(device, f"{reason}: {request.detail}")
+        return pb.ReportUnavailableResponse()
 
     @grpc_errors
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:

@@ -16,6 +16,7 @@ import grpc
 from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
 from services.device.secure_upload import LeftRoundError
 from tests.services.test_round_services import device_data
+from trainer.fingerprint import model_fingerprint
 
 
 @dataclass
@@ -40,7 +41,8 @@ def start_devices(
     running = DeviceThreads([])
 
     def device(name: str, data) -> None:
-        agent = DeviceAgent.connect(target, ca, *creds[name], models[name], data)
+        fingerprint = model_fingerprint("tiny", models[name])  # what a CLI orchestrator on the tiny model expects
+        agent = DeviceAgent.connect(target, ca, *creds[name], models[name], data, fingerprint=fingerprint)
         for _ in range(attempts):  # bounded; each check-in waits at most 2 s
             if running.stop.is_set():
                 return

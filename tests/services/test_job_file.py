@@ -109,3 +109,16 @@ def test_target_modules_from_the_job_reach_both_commands(tmp_path: Path) -> None
     args = parse_with_job(build_parser(), ["simulate", "--out", "o", "--set", "model.target_modules=auto"])
     assert args.target_modules == "auto"
     assert parse_with_job(build_parser(), ["simulate", "--out", "o"]).target_modules == BUILTIN_TARGETS
+
+
+def test_model_path_dtype_and_checkpointing_from_the_job(tmp_path: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    path = write(tmp_path, f"[model]\npath = '{folder}'\ndtype = 'bfloat16'\ngradient_checkpointing = true\n")
+    args = parse_with_job(build_parser(), ["simulate", "--out", "o", "--config", str(path)])
+    assert (args.model, args.dtype, args.gradient_checkpointing) == (str(folder), "bfloat16", True)
+    with pytest.raises(JobError, match=r"model.path: model '.*nowhere.gguf' is not .*does not exist"):
+        load_job(None, [f"model.path='{tmp_path / 'nowhere.gguf'}'"])
+    with pytest.raises(JobError, match=r"model\.dtype"):
+        load_job(None, ["model.dtype=float8"])

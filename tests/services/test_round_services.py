@@ -27,6 +27,7 @@ from services.registry import DeviceRegistry
 from services.settings import strategy_settings
 from trainer.adapter_io import load_adapter
 from trainer.data.registry import load_federated_corpus
+from trainer.fingerprint import model_fingerprint
 from trainer.peft_bridge import adapted_modules
 from trainer.ranks import DeviceProfile
 from trainer.store import DirectoryStore
@@ -100,10 +101,13 @@ def run_devices(pki: Path, orchestrator, creds, tokenizer, tiny_model_factory, u
 
     # Built here, not in the threads: the tiny model's random init draws from torch's global RNG.
     models = {name: tiny_model_factory(0) for name in names}
+    fingerprints = {name: model_fingerprint("tiny", m) for name, m in models.items()}
 
     def device(name: str, data) -> None:
         cert, key = creds[name]
-        agent = DeviceAgent.connect(f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data)
+        agent = DeviceAgent.connect(
+            f"127.0.0.1:{orchestrator.port}", ca_pem, cert, key, models[name], data, fingerprint=fingerprints[name]
+        )
         try:
             for _ in range(40):  # bounded: each check-in waits at most 2 s
                 if until.is_set():

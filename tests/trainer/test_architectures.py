@@ -1,6 +1,7 @@
 """LoRA on five causal-LM architectures: target selection, a round of every strategy, and peft's round trip.
 
-Tiny random models are built from each architecture's transformers config, saved and loaded back from disk,
+Tiny random models are built from each architecture's transformers config, saved and loaded back from disk
+through ``trainer.model.load_base_model`` (the path a job's ``[model] path`` takes),
 so the shapes the LoRA math uses come from real layers: Phi-3's fused ``qkv_proj`` (d_out = 3 × hidden for
 MHA) and GPT-2's ``Conv1D`` (weight stored d_in × d_out) included.
 """
@@ -30,6 +31,7 @@ from trainer.data.types import ClientDataset, TokenBlocks
 from trainer.device import run_task
 from trainer.factors import LoraFactors
 from trainer.local_train import TrainConfig
+from trainer.model import load_base_model
 from trainer.peft_bridge import adapted_modules, deltas_merged
 from trainer.round_engine import RoundEngine
 from trainer.store import MemoryStore
@@ -59,9 +61,8 @@ def saved(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def load(path: Path) -> PreTrainedModel:
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.requires_grad_(False)
-    return model.eval()
+    """Through the loader a job's ``[model] path`` goes through (a Hugging Face folder on disk)."""
+    return load_base_model(str(path))
 
 
 def client(cid: str, seed: int) -> ClientDataset:

@@ -7,8 +7,12 @@ expensive corpus parsing can be cached independently of the tokenizer and block 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+IGNORE_INDEX = -100  # the label of a token that carries no loss (PyTorch's cross-entropy default)
+LossOn = Literal["response", "all"]
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,29 @@ class Example:
 
     prompt: str | None
     response: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn; ``role`` is whatever the chat template accepts (system, user, assistant, ...)."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A multi-turn chat record: with ``loss_on="response"`` only the assistant turns carry loss."""
+
+    messages: tuple[Message, ...]
+
+
+# What the renderer turns into tokens: a prompt/response pair (or plain text) or a whole conversation.
+Record = Example | Conversation
+
+
+class DataError(ValueError):
+    """A user's data file cannot be trained on; the message names the file, line, record or fields."""
 
 
 @dataclass(frozen=True)

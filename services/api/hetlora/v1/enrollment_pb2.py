@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhetlora/v1/enrollment.proto\x12\nhetlora.v1\"2\n\rDeviceProfile\x12\x11\n\tmemory_mb\x18\x01 \x01(\x01\x12\x0e\n\x06gflops\x18\x02 \x01(\x01\"[\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12*\n\x07profile\x18\x03 \x01(\x0b\x32\x19.hetlora.v1.DeviceProfile\"f\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04rank\x18\x04 \x01(\r\";\n\x11IssueTokenRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"7\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"(\n\x13RevokeDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\")\n\x14RevokeDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x14\n\x12ListDevicesRequest\"\x97\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12*\n\x07profile\x18\x03 \x01(\x0b\x32\x19.hetlora.v1.DeviceProfile\x12\x1a\n\x12\x63\x65rtificate_serial\x18\x04 \x01(\t\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x13\n\x0b\x65nrolled_at\x18\x06 \x01(\x03\":\n\x13ListDevicesResponse\x12#\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x12.hetlora.v1.Device2T\n\x11\x45nrollmentService\x12?\n\x06\x45nroll\x12\x19.hetlora.v1.EnrollRequest\x1a\x1a.hetlora.v1.EnrollResponse2\x84\x02\n\x12\x44\x65viceAdminService\x12K\n\nIssueToken\x12\x1d.hetlora.v1.IssueTokenRequest\x1a\x1e.hetlora.v1.IssueTokenResponse\x12Q\n\x0cRevokeDevice\x12\x1f.hetlora.v1.RevokeDeviceRequest\x1a .hetlora.v1.RevokeDeviceResponse\x12N\n\x0bListDevices\x12\x1e.hetlora.v1.ListDevicesRequest\x1a\x1f.hetlora.v1.ListDevicesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bhetlora/v1/enrollment.proto\x12\nhetlora.v1\"Z\n\rDeviceProfile\x12\x11\n\tmemory_mb\x18\x01 \x01(\x01\x12\x0e\n\x06gflops\x18\x02 \x01(\x01\x12&\n\x08measured\x18\x03 \x03(\x0b\x32\x14.hetlora.v1.RankCost\"F\n\x08RankCost\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x16\n\x0epeak_memory_mb\x18\x02 \x01(\x01\x12\x14\n\x0cstep_seconds\x18\x03 \x01(\x01\"[\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12*\n\x07profile\x18\x03 \x01(\x0b\x32\x19.hetlora.v1.DeviceProfile\"f\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\x0c\x12\x0c\n\x04rank\x18\x04 \x01(\r\";\n\x11IssueTokenRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\r\"7\n\x12IssueTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"(\n\x13RevokeDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\")\n\x14RevokeDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"\x14\n\x12ListDevicesRequest\"\x97\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12*\n\x07profile\x18\x03 \x01(\x0b\x32\x19.hetlora.v1.DeviceProfile\x12\x1a\n\x12\x63\x65rtificate_serial\x18\x04 \x01(\t\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12\x13\n\x0b\x65nrolled_at\x18\x06 \x01(\x03\":\n\x13ListDevicesResponse\x12#\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x12.hetlora.v1.Device2T\n\x11\x45nrollmentService\x12?\n\x06\x45nroll\x12\x19.hetlora.v1.EnrollRequest\x1a\x1a.hetlora.v1.EnrollResponse2\x84\x02\n\x12\x44\x65viceAdminService\x12K\n\nIssueToken\x12\x1d.hetlora.v1.IssueTokenRequest\x1a\x1e.hetlora.v1.IssueTokenResponse\x12Q\n\x0cRevokeDevice\x12\x1f.hetlora.v1.RevokeDeviceRequest\x1a .hetlora.v1.RevokeDeviceResponse\x12N\n\x0bListDevices\x12\x1e.hetlora.v1.ListDevicesRequest\x1a\x1f.hetlora.v1.ListDevicesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,27 +32,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hetlora.v1.enrollment_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEVICEPROFILE']._serialized_start=43
-  _globals['_DEVICEPROFILE']._serialized_end=93
-  _globals['_ENROLLREQUEST']._serialized_start=95
-  _globals['_ENROLLREQUEST']._serialized_end=186
-  _globals['_ENROLLRESPONSE']._serialized_start=188
-  _globals['_ENROLLRESPONSE']._serialized_end=290
-  _globals['_ISSUETOKENREQUEST']._serialized_start=292
-  _globals['_ISSUETOKENREQUEST']._serialized_end=351
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=353
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=408
-  _globals['_REVOKEDEVICEREQUEST']._serialized_start=410
-  _globals['_REVOKEDEVICEREQUEST']._serialized_end=450
-  _globals['_REVOKEDEVICERESPONSE']._serialized_start=452
-  _globals['_REVOKEDEVICERESPONSE']._serialized_end=493
-  _globals['_LISTDEVICESREQUEST']._serialized_start=495
-  _globals['_LISTDEVICESREQUEST']._serialized_end=515
-  _globals['_DEVICE']._serialized_start=518
-  _globals['_DEVICE']._serialized_end=669
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=671
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=729
-  _globals['_ENROLLMENTSERVICE']._serialized_start=731
-  _globals['_ENROLLMENTSERVICE']._serialized_end=815
-  _globals['_DEVICEADMINSERVICE']._serialized_start=818
-  _globals['_DEVICEADMINSERVICE']._serialized_end=1078
+  _globals['_DEVICEPROFILE']._serialized_end=133
+  _globals['_RANKCOST']._serialized_start=135
+  _globals['_RANKCOST']._serialized_end=205
+  _globals['_ENROLLREQUEST']._serialized_start=207
+  _globals['_ENROLLREQUEST']._serialized_end=298
+  _globals['_ENROLLRESPONSE']._serialized_start=300
+  _globals['_ENROLLRESPONSE']._serialized_end=402
+  _globals['_ISSUETOKENREQUEST']._serialized_start=404
+  _globals['_ISSUETOKENREQUEST']._serialized_end=463
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=465
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=520
+  _globals['_REVOKEDEVICEREQUEST']._serialized_start=522
+  _globals['_REVOKEDEVICEREQUEST']._serialized_end=562
+  _globals['_REVOKEDEVICERESPONSE']._serialized_start=564
+  _globals['_REVOKEDEVICERESPONSE']._serialized_end=605
+  _globals['_LISTDEVICESREQUEST']._serialized_start=607
+  _globals['_LISTDEVICESREQUEST']._serialized_end=627
+  _globals['_DEVICE']._serialized_start=630
+  _globals['_DEVICE']._serialized_end=781
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=783
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=841
+  _globals['_ENROLLMENTSERVICE']._serialized_start=843
+  _globals['_ENROLLMENTSERVICE']._serialized_end=927
+  _globals['_DEVICEADMINSERVICE']._serialized_start=930
+  _globals['_DEVICEADMINSERVICE']._serialized_end=1190
 # @@protoc_insertion_point(module_scope)

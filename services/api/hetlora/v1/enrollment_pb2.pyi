@@ -20,29 +20,70 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class DeviceProfile(_message.Message):
-    """What a device can spend on local training; the server turns it into a LoRA rank."""
+    """What a device can spend on local training; the server turns it into a LoRA rank.
+    Two ways: `measured` points from `hetlora device enroll --probe` (the rank is the largest whose
+    interpolated cost fits memory_mb and the round's step-time budget), or, when `measured` is empty,
+    memory_mb and gflops alone, typed by an operator and mapped through the server's fixed cost model.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MEMORY_MB_FIELD_NUMBER: _builtins.int
     GFLOPS_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
     memory_mb: _builtins.float
-    """Memory free for training, in MiB."""
+    """Memory free for training, in MiB (measured by the probe: host memory available, or GPU memory free)."""
     gflops: _builtins.float
-    """Sustained fp32 throughput, in GFLOP/s."""
+    """Sustained fp32 throughput, in GFLOP/s (measured by the probe with a matmul; recorded, not used for the
+    rank when `measured` is given).
+    """
+    @_builtins.property
+    def measured(self) -> _containers.RepeatedCompositeFieldContainer[Global___RankCost]:
+        """Real local LoRA training on the job's model at two or more distinct ranks (at most 16 points)."""
+
     def __init__(
         self,
         *,
         memory_mb: _builtins.float = ...,
         gflops: _builtins.float = ...,
+        measured: _abc.Iterable[Global___RankCost] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gflops", b"gflops", "memory_mb", b"memory_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gflops", b"gflops", "measured", b"measured", "memory_mb", b"memory_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceProfile: _TypeAlias = DeviceProfile  # noqa: Y015
+
+@_typing.final
+class RankCost(_message.Message):
+    """What one local training step cost on the device at one LoRA rank."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANK_FIELD_NUMBER: _builtins.int
+    PEAK_MEMORY_MB_FIELD_NUMBER: _builtins.int
+    STEP_SECONDS_FIELD_NUMBER: _builtins.int
+    rank: _builtins.int
+    peak_memory_mb: _builtins.float
+    """Peak memory of the training process, in MiB."""
+    step_seconds: _builtins.float
+    """Wall time of one optimizer step at the job's batch size and sequence length, in seconds."""
+    def __init__(
+        self,
+        *,
+        rank: _builtins.int = ...,
+        peak_memory_mb: _builtins.float = ...,
+        step_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peak_memory_mb", b"peak_memory_mb", "rank", b"rank", "step_seconds", b"step_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RankCost: _TypeAlias = RankCost  # noqa: Y015
 
 @_typing.final
 class EnrollRequest(_message.Message):

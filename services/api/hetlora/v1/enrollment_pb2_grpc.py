@@ -56,6 +56,7 @@ class EnrollmentServiceServicer:
         """Exchange a one-time enrollment token and a CSR for a client certificate and a rank.
         Served on the enrollment port, which needs no client certificate (the device has none yet).
         UNAUTHENTICATED: token unknown, wrong or expired. PERMISSION_DENIED: token already used.
+        INVALID_ARGUMENT: a malformed token, CSR or profile number; the message names the field.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

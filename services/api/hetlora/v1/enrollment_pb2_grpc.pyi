@@ -41,6 +41,7 @@ class EnrollmentServiceStub:
     """Exchange a one-time enrollment token and a CSR for a client certificate and a rank.
     Served on the enrollment port, which needs no client certificate (the device has none yet).
     UNAUTHENTICATED: token unknown, wrong or expired. PERMISSION_DENIED: token already used.
+    INVALID_ARGUMENT: a malformed token, CSR or profile number; the message names the field.
     """
 
 @_typing.type_check_only
@@ -56,6 +57,7 @@ class EnrollmentServiceAsyncStub(EnrollmentServiceStub):
     """Exchange a one-time enrollment token and a CSR for a client certificate and a rank.
     Served on the enrollment port, which needs no client certificate (the device has none yet).
     UNAUTHENTICATED: token unknown, wrong or expired. PERMISSION_DENIED: token already used.
+    INVALID_ARGUMENT: a malformed token, CSR or profile number; the message names the field.
     """
 
 class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +76,7 @@ class EnrollmentServiceServicer(metaclass=_abc_1.ABCMeta):
         """Exchange a one-time enrollment token and a CSR for a client certificate and a rank.
         Served on the enrollment port, which needs no client certificate (the device has none yet).
         UNAUTHENTICATED: token unknown, wrong or expired. PERMISSION_DENIED: token already used.
+        INVALID_ARGUMENT: a malformed token, CSR or profile number; the message names the field.
         """
 
 def add_EnrollmentServiceServicer_to_server(servicer: EnrollmentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

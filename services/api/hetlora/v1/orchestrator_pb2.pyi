@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,24 +19,51 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _UnavailableReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UnavailableReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UnavailableReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    UNAVAILABLE_REASON_UNSPECIFIED: _UnavailableReason.ValueType  # 0
+    UNAVAILABLE_REASON_BAD_DATA: _UnavailableReason.ValueType  # 1
+    """The device's own training data cannot be read or is too small (detail says which record and why)."""
+    UNAVAILABLE_REASON_BASE_MODEL: _UnavailableReason.ValueType  # 2
+    """The device loaded a different base model than the job's."""
+
+class UnavailableReason(_UnavailableReason, metaclass=_UnavailableReasonEnumTypeWrapper): ...
+
+UNAVAILABLE_REASON_UNSPECIFIED: UnavailableReason.ValueType  # 0
+UNAVAILABLE_REASON_BAD_DATA: UnavailableReason.ValueType  # 1
+"""The device's own training data cannot be read or is too small (detail says which record and why)."""
+UNAVAILABLE_REASON_BASE_MODEL: UnavailableReason.ValueType  # 2
+"""The device loaded a different base model than the job's."""
+Global___UnavailableReason: _TypeAlias = UnavailableReason  # noqa: Y015
+
 @_typing.final
 class GetTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WAIT_MS_FIELD_NUMBER: _builtins.int
     SIGNING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _builtins.int
     wait_ms: _builtins.int
     signing_public_key: _builtins.bytes
     """Raw Ed25519 public key the device will sign this round's secure-aggregation messages with."""
+    base_model_fingerprint: _builtins.str
+    """The device's base model (trainer/fingerprint.py). FAILED_PRECONDITION when it is not the job's: LoRA
+    factors trained on other weights would damage the global adapter.
+    """
     def __init__(
         self,
         *,
         wait_ms: _builtins.int = ...,
         signing_public_key: _builtins.bytes = ...,
+        base_model_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["signing_public_key", b"signing_public_key", "wait_ms", b"wait_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_fingerprint", b"base_model_fingerprint", "signing_public_key", b"signing_public_key", "wait_ms", b"wait_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -242,12 +270,15 @@ class TaskHeader(_message.Message):
     FACTORS_BYTES_FIELD_NUMBER: _builtins.int
     USER_DP_FIELD_NUMBER: _builtins.int
     COMPONENT_COHORTS_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     version: _builtins.int
     rank: _builtins.int
     seed: _builtins.int
     factors_bytes: _builtins.int
     """Total size of the factor payload that follows (numpy .npz bytes)."""
+    base_model_fingerprint: _builtins.str
+    """The job's base model; a device whose own differs refuses the task."""
     @_builtins.property
     def strategy(self) -> Global___StrategySettings: ...
     @_builtins.property
@@ -277,10 +308,11 @@ class TaskHeader(_message.Message):
         factors_bytes: _builtins.int = ...,
         user_dp: Global___UserDpSettings | None = ...,
         component_cohorts: _abc.Iterable[_builtins.int] | None = ...,
+        base_model_fingerprint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["secure_agg", b"secure_agg", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_fingerprint", b"base_model_fingerprint", "component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -399,6 +431,44 @@ class ReportTrainingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportTrainingResponse: _TypeAlias = ReportTrainingResponse  # noqa: Y015
+
+@_typing.final
+class ReportUnavailableRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    reason: Global___UnavailableReason.ValueType
+    detail: _builtins.str
+    """What a person needs to fix it; at most 1,000 characters."""
+    def __init__(
+        self,
+        *,
+        reason: Global___UnavailableReason.ValueType = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUnavailableRequest: _TypeAlias = ReportUnavailableRequest  # noqa: Y015
+
+@_typing.final
+class ReportUnavailableResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportUnavailableResponse: _TypeAlias = ReportUnavailableResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):

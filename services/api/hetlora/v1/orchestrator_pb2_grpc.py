@@ -47,6 +47,11 @@ class OrchestratorServiceStub:
                 request_serializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportTrainingRequest.SerializeToString,
                 response_deserializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportTrainingResponse.FromString,
                 _registered_method=True)
+        self.ReportUnavailable = channel.unary_unary(
+                '/hetlora.v1.OrchestratorService/ReportUnavailable',
+                request_serializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportUnavailableRequest.SerializeToString,
+                response_deserializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportUnavailableResponse.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/hetlora.v1.OrchestratorService/GetStatus',
                 request_serializer=hetlora_dot_v1_dot_orchestrator__pb2.GetStatusRequest.SerializeToString,
@@ -77,6 +82,14 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportUnavailable(self, request, context):
+        """Device: it cannot take part (its own data is unusable, its base model is not the job's). The reason is
+        logged and counted, so the operator sees why instead of a device that silently never trains.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Admin or service: progress of the rounds.
         """
@@ -96,6 +109,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ReportTraining,
                     request_deserializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportTrainingRequest.FromString,
                     response_serializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportTrainingResponse.SerializeToString,
+            ),
+            'ReportUnavailable': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportUnavailable,
+                    request_deserializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportUnavailableRequest.FromString,
+                    response_serializer=hetlora_dot_v1_dot_orchestrator__pb2.ReportUnavailableResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -160,6 +178,33 @@ class OrchestratorService:
             '/hetlora.v1.OrchestratorService/ReportTraining',
             hetlora_dot_v1_dot_orchestrator__pb2.ReportTrainingRequest.SerializeToString,
             hetlora_dot_v1_dot_orchestrator__pb2.ReportTrainingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportUnavailable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hetlora.v1.OrchestratorService/ReportUnavailable',
+            hetlora_dot_v1_dot_orchestrator__pb2.ReportUnavailableRequest.SerializeToString,
+            hetlora_dot_v1_dot_orchestrator__pb2.ReportUnavailableResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class OrchestratorServiceStub:
     """Device: after its masked upload, what the server may know in the clear.
     FAILED_PRECONDITION: the round is over or the device was not in it.
     """
+    ReportUnavailable: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ReportUnavailableRequest, _orchestrator_pb2.ReportUnavailableResponse]
+    """Device: it cannot take part (its own data is unusable, its base model is not the job's). The reason is
+    logged and counted, so the operator sees why instead of a device that silently never trains.
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetStatusRequest, _orchestrator_pb2.GetStatusResponse]
     """Admin or service: progress of the rounds."""
 
@@ -64,6 +68,10 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     ReportTraining: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ReportTrainingRequest, _orchestrator_pb2.ReportTrainingResponse]  # type: ignore[assignment]
     """Device: after its masked upload, what the server may know in the clear.
     FAILED_PRECONDITION: the round is over or the device was not in it.
+    """
+    ReportUnavailable: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ReportUnavailableRequest, _orchestrator_pb2.ReportUnavailableResponse]  # type: ignore[assignment]
+    """Device: it cannot take part (its own data is unusable, its base model is not the job's). The reason is
+    logged and counted, so the operator sees why instead of a device that silently never trains.
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetStatusRequest, _orchestrator_pb2.GetStatusResponse]  # type: ignore[assignment]
     """Admin or service: progress of the rounds."""
@@ -93,6 +101,16 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ReportTrainingResponse, _abc.Awaitable[_orchestrator_pb2.ReportTrainingResponse]]:
         """Device: after its masked upload, what the server may know in the clear.
         FAILED_PRECONDITION: the round is over or the device was not in it.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportUnavailable(
+        self,
+        request: _orchestrator_pb2.ReportUnavailableRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ReportUnavailableResponse, _abc.Awaitable[_orchestrator_pb2.ReportUnavailableResponse]]:
+        """Device: it cannot take part (its own data is unusable, its base model is not the job's). The reason is
+        logged and counted, so the operator sees why instead of a device that silently never trains.
         """
 
     @_abc_1.abstractmethod
