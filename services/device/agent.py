@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from trainer.strategies import make_strategy
 from trainer.targets import linear_layers, task_shapes
 
 MAX_TASK_BYTES = 4 << 30
+log = logging.getLogger("hetlora.device")
 # Statuses after which a device simply checks in again: a service restarting or a connection cut mid-call
 # (SIGKILL of a server surfaces as UNAVAILABLE, CANCELLED, UNKNOWN or INTERNAL), or a round that ended
 # without it. Anything else (PERMISSION_DENIED, INVALID_ARGUMENT, ...) needs a person.
@@ -169,6 +171,13 @@ class DeviceAgent:
             return None
         self._pending_signer = None  # this round uses it; the next check-in advertises a new key
         header, payload = fetched
+        if header.signing_public_key and header.signing_public_key != signer.public_bytes:
+            # The round was opened with a key this process never advertised (it restarted while an earlier
+            # poll was pending): the aggregator would refuse its signature. Sit this round out as a dropout.
+            log.warning(
+                "round %d: opened with another signing key than this device holds; skipping it", header.round_id
+            )
+            return None
         strategy = make_strategy(header.strategy.name, strategy_config(header.strategy))
         task = Task(
             header.round_id,

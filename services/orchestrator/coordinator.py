@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from trainer.round_engine import RoundEngine, RoundOutcome, RoundPlan
 from trainer.strategies import AggregateSums
 
 log = logging.getLogger("hetlora.orchestrator")
+HISTORY_ROUNDS = 64  # round attempts kept for GetStatus and the metrics; older ones live in the store's records
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Assignment:
     edges: tuple[int, ...]
     max_clients: int
     component_cohorts: tuple[int, ...] = ()
+    signing_key: bytes = b""  # what the secure round was opened with for this device
 
 
 @dataclass
@@ -104,8 +107,9 @@ class Coordinator:
         self._assigned: dict[str, Assignment] = {}
         self._reports: dict[str, Report] = {}
         self._current: RoundRecord | None = None
-        self.history: list[RoundRecord] = []
-        self.outcomes: list[RoundOutcome] = []
+        # Bounded: memory grows with the cohort, not with the rounds run (the store keeps every version).
+        self.history: deque[RoundRecord] = deque(maxlen=HISTORY_ROUNDS)
+        self.outcomes: deque[RoundOutcome] = deque(maxlen=HISTORY_ROUNDS)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rounds", daemon=True)
         self._next_id = int(time.time() * 1000) * 1000  # unique across restarts: the aggregator never reuses ids
@@ -257,6 +261,7 @@ class Coordinator:
                     edges,
                     len(cohort),
                     t.component_cohorts,
+                    keys[ids[d]][1],
                 )
                 self._seen.pop(d, None)  # busy until it polls again
             self._cond.notify_all()

@@ -71,6 +71,7 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             user_dp=self.template.user_dp,
             component_cohorts=list(task.component_cohorts),
             base_model_fingerprint=self.template.base_model_fingerprint,
+            signing_public_key=task.signing_key,
         )
         size = len(task.factors)
         log.info("round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, size)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhetlora/v1/orchestrator.proto\x12\nhetlora.v1\"]\n\x0eGetTaskRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x03 \x01(\t\"\xa3\x01\n\x10StrategySettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05r_min\x18\x02 \x01(\r\x12\r\n\x05r_max\x18\x03 \x01(\r\x12\x14\n\x0cscaling_mode\x18\x04 \x01(\t\x12\x15\n\rscaling_value\x18\x05 \x01(\x01\x12\r\n\x05gamma\x18\x06 \x01(\x01\x12\x0b\n\x03lam\x18\x07 \x01(\x01\x12\x1a\n\x12sparsity_weighting\x18\x08 \x01(\t\"q\n\rTrainSettings\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x31\n\nexample_dp\x18\x04 \x01(\x0b\x32\x1d.hetlora.v1.ExampleDpSettings\"\xc9\x01\n\x11\x45xampleDpSettings\x12\x1d\n\x10noise_multiplier\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0etarget_epsilon\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x12\n\naccountant\x18\x05 \x01(\t\x12\x16\n\x0erounds_horizon\x18\x06 \x01(\rB\x13\n\x11_noise_multiplierB\x11\n\x0f_target_epsilon\"Z\n\x0eUserDpSettings\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\"\x99\x01\n\x11SecureAggSettings\x12\x19\n\x11\x61ggregator_target\x18\x01 \x01(\t\x12\x14\n\x0c\x62ucket_edges\x18\x02 \x03(\r\x12\x13\n\x0bvalue_bound\x18\x03 \x01(\x01\x12\x14\n\x0cweight_bound\x18\x04 \x01(\x01\x12\x13\n\x0bmax_clients\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\"\xeb\x02\n\nTaskHeader\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12.\n\x08strategy\x18\x05 \x01(\x0b\x32\x1c.hetlora.v1.StrategySettings\x12(\n\x05train\x18\x06 \x01(\x0b\x32\x19.hetlora.v1.TrainSettings\x12\x31\n\nsecure_agg\x18\x07 \x01(\x0b\x32\x1d.hetlora.v1.SecureAggSettings\x12\x15\n\rfactors_bytes\x18\x08 \x01(\x04\x12+\n\x07user_dp\x18\t \x01(\x0b\x32\x1a.hetlora.v1.UserDpSettings\x12\x19\n\x11\x63omponent_cohorts\x18\n \x03(\r\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x0c \x01(\tJ\x04\x08\x0b\x10\x0cR\x0c\x66rozen_bytes\"P\n\x0fGetTaskResponse\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.hetlora.v1.TaskHeader\x12\x15\n\rfactors_chunk\x18\x02 \x01(\x0c\"\xcd\x01\n\x15ReportTrainingRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x13\n\x0brank_before\x18\x02 \x01(\r\x12\x12\n\nrank_after\x18\x03 \x01(\r\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x15\n\rupload_floats\x18\x06 \x01(\x04\x12\x38\n\x0f\x65xample_privacy\x18\x07 \x01(\x0b\x32\x1f.hetlora.v1.ExamplePrivacySpent\"\x87\x01\n\x13\x45xamplePrivacySpent\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x12\n\naccountant\x18\x03 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\"\x18\n\x16ReportTrainingResponse\"Y\n\x18ReportUnavailableRequest\x12-\n\x06reason\x18\x01 \x01(\x0e\x32\x1d.hetlora.v1.UnavailableReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x1b\n\x19ReportUnavailableResponse\"\x12\n\x10GetStatusRequest\"\x82\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06\x63ohort\x18\x04 \x03(\t\x12\x10\n\x08reported\x18\x05 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"p\n\x11GetStatusResponse\x12\x19\n\x11\x63ommitted_version\x18\x01 \x01(\r\x12\'\n\x06rounds\x18\x02 \x03(\x0b\x32\x17.hetlora.v1.RoundStatus\x12\x17\n\x0f\x64\x65vices_waiting\x18\x03 \x01(\r*{\n\x11UnavailableReason\x12\"\n\x1eUNAVAILABLE_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUNAVAILABLE_REASON_BAD_DATA\x10\x01\x12!\n\x1dUNAVAILABLE_REASON_BASE_MODEL\x10\x02\x32\xe0\x02\n\x13OrchestratorService\x12\x44\n\x07GetTask\x12\x1a.hetlora.v1.GetTaskRequest\x1a\x1b.hetlora.v1.GetTaskResponse0\x01\x12W\n\x0eReportTraining\x12!.hetlora.v1.ReportTrainingRequest\x1a\".hetlora.v1.ReportTrainingResponse\x12`\n\x11ReportUnavailable\x12$.hetlora.v1.ReportUnavailableRequest\x1a%.hetlora.v1.ReportUnavailableResponse\x12H\n\tGetStatus\x12\x1c.hetlora.v1.GetStatusRequest\x1a\x1d.hetlora.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dhetlora/v1/orchestrator.proto\x12\nhetlora.v1\"]\n\x0eGetTaskRequest\x12\x0f\n\x07wait_ms\x18\x01 \x01(\r\x12\x1a\n\x12signing_public_key\x18\x02 \x01(\x0c\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x03 \x01(\t\"\xa3\x01\n\x10StrategySettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05r_min\x18\x02 \x01(\r\x12\r\n\x05r_max\x18\x03 \x01(\r\x12\x14\n\x0cscaling_mode\x18\x04 \x01(\t\x12\x15\n\rscaling_value\x18\x05 \x01(\x01\x12\r\n\x05gamma\x18\x06 \x01(\x01\x12\x0b\n\x03lam\x18\x07 \x01(\x01\x12\x1a\n\x12sparsity_weighting\x18\x08 \x01(\t\"q\n\rTrainSettings\x12\r\n\x05steps\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\n\n\x02lr\x18\x03 \x01(\x01\x12\x31\n\nexample_dp\x18\x04 \x01(\x0b\x32\x1d.hetlora.v1.ExampleDpSettings\"\xc9\x01\n\x11\x45xampleDpSettings\x12\x1d\n\x10noise_multiplier\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0etarget_epsilon\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rmax_grad_norm\x18\x03 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\x12\x12\n\naccountant\x18\x05 \x01(\t\x12\x16\n\x0erounds_horizon\x18\x06 \x01(\rB\x13\n\x11_noise_multiplierB\x11\n\x0f_target_epsilon\"Z\n\x0eUserDpSettings\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x02 \x01(\x01\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x01\"\x99\x01\n\x11SecureAggSettings\x12\x19\n\x11\x61ggregator_target\x18\x01 \x01(\t\x12\x14\n\x0c\x62ucket_edges\x18\x02 \x03(\r\x12\x13\n\x0bvalue_bound\x18\x03 \x01(\x01\x12\x14\n\x0cweight_bound\x18\x04 \x01(\x01\x12\x13\n\x0bmax_clients\x18\x05 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\r\"\x87\x03\n\nTaskHeader\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12.\n\x08strategy\x18\x05 \x01(\x0b\x32\x1c.hetlora.v1.StrategySettings\x12(\n\x05train\x18\x06 \x01(\x0b\x32\x19.hetlora.v1.TrainSettings\x12\x31\n\nsecure_agg\x18\x07 \x01(\x0b\x32\x1d.hetlora.v1.SecureAggSettings\x12\x15\n\rfactors_bytes\x18\x08 \x01(\x04\x12+\n\x07user_dp\x18\t \x01(\x0b\x32\x1a.hetlora.v1.UserDpSettings\x12\x19\n\x11\x63omponent_cohorts\x18\n \x03(\r\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x0c \x01(\t\x12\x1a\n\x12signing_public_key\x18\r \x01(\x0cJ\x04\x08\x0b\x10\x0cR\x0c\x66rozen_bytes\"P\n\x0fGetTaskResponse\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.hetlora.v1.TaskHeader\x12\x15\n\rfactors_chunk\x18\x02 \x01(\x0c\"\xcd\x01\n\x15ReportTrainingRequest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x13\n\x0brank_before\x18\x02 \x01(\r\x12\x12\n\nrank_after\x18\x03 \x01(\r\x12\x12\n\ntrain_loss\x18\x04 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x15\n\rupload_floats\x18\x06 \x01(\x04\x12\x38\n\x0f\x65xample_privacy\x18\x07 \x01(\x0b\x32\x1f.hetlora.v1.ExamplePrivacySpent\"\x87\x01\n\x13\x45xamplePrivacySpent\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x12\n\naccountant\x18\x03 \x01(\t\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\r\"\x18\n\x16ReportTrainingResponse\"Y\n\x18ReportUnavailableRequest\x12-\n\x06reason\x18\x01 \x01(\x0e\x32\x1d.hetlora.v1.UnavailableReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"\x1b\n\x19ReportUnavailableResponse\"\x12\n\x10GetStatusRequest\"\x82\x01\n\x0bRoundStatus\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06\x63ohort\x18\x04 \x03(\t\x12\x10\n\x08reported\x18\x05 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x06 \x03(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"p\n\x11GetStatusResponse\x12\x19\n\x11\x63ommitted_version\x18\x01 \x01(\r\x12\'\n\x06rounds\x18\x02 \x03(\x0b\x32\x17.hetlora.v1.RoundStatus\x12\x17\n\x0f\x64\x65vices_waiting\x18\x03 \x01(\r*{\n\x11UnavailableReason\x12\"\n\x1eUNAVAILABLE_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUNAVAILABLE_REASON_BAD_DATA\x10\x01\x12!\n\x1dUNAVAILABLE_REASON_BASE_MODEL\x10\x02\x32\xe0\x02\n\x13OrchestratorService\x12\x44\n\x07GetTask\x12\x1a.hetlora.v1.GetTaskRequest\x1a\x1b.hetlora.v1.GetTaskResponse0\x01\x12W\n\x0eReportTraining\x12!.hetlora.v1.ReportTrainingRequest\x1a\".hetlora.v1.ReportTrainingResponse\x12`\n\x11ReportUnavailable\x12$.hetlora.v1.ReportUnavailableRequest\x1a%.hetlora.v1.ReportUnavailableResponse\x12H\n\tGetStatus\x12\x1c.hetlora.v1.GetStatusRequest\x1a\x1d.hetlora.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hetlora.v1.orchestrator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UNAVAILABLEREASON']._serialized_start=2080
-  _globals['_UNAVAILABLEREASON']._serialized_end=2203
+  _globals['_UNAVAILABLEREASON']._serialized_start=2108
+  _globals['_UNAVAILABLEREASON']._serialized_end=2231
   _globals['_GETTASKREQUEST']._serialized_start=45
   _globals['_GETTASKREQUEST']._serialized_end=138
   _globals['_STRATEGYSETTINGS']._serialized_start=141
@@ -46,25 +46,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECUREAGGSETTINGS']._serialized_start=718
   _globals['_SECUREAGGSETTINGS']._serialized_end=871
   _globals['_TASKHEADER']._serialized_start=874
-  _globals['_TASKHEADER']._serialized_end=1237
-  _globals['_GETTASKRESPONSE']._serialized_start=1239
-  _globals['_GETTASKRESPONSE']._serialized_end=1319
-  _globals['_REPORTTRAININGREQUEST']._serialized_start=1322
-  _globals['_REPORTTRAININGREQUEST']._serialized_end=1527
-  _globals['_EXAMPLEPRIVACYSPENT']._serialized_start=1530
-  _globals['_EXAMPLEPRIVACYSPENT']._serialized_end=1665
-  _globals['_REPORTTRAININGRESPONSE']._serialized_start=1667
-  _globals['_REPORTTRAININGRESPONSE']._serialized_end=1691
-  _globals['_REPORTUNAVAILABLEREQUEST']._serialized_start=1693
-  _globals['_REPORTUNAVAILABLEREQUEST']._serialized_end=1782
-  _globals['_REPORTUNAVAILABLERESPONSE']._serialized_start=1784
-  _globals['_REPORTUNAVAILABLERESPONSE']._serialized_end=1811
-  _globals['_GETSTATUSREQUEST']._serialized_start=1813
-  _globals['_GETSTATUSREQUEST']._serialized_end=1831
-  _globals['_ROUNDSTATUS']._serialized_start=1834
-  _globals['_ROUNDSTATUS']._serialized_end=1964
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1966
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2078
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=2206
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=2558
+  _globals['_TASKHEADER']._serialized_end=1265
+  _globals['_GETTASKRESPONSE']._serialized_start=1267
+  _globals['_GETTASKRESPONSE']._serialized_end=1347
+  _globals['_REPORTTRAININGREQUEST']._serialized_start=1350
+  _globals['_REPORTTRAININGREQUEST']._serialized_end=1555
+  _globals['_EXAMPLEPRIVACYSPENT']._serialized_start=1558
+  _globals['_EXAMPLEPRIVACYSPENT']._serialized_end=1693
+  _globals['_REPORTTRAININGRESPONSE']._serialized_start=1695
+  _globals['_REPORTTRAININGRESPONSE']._serialized_end=1719
+  _globals['_REPORTUNAVAILABLEREQUEST']._serialized_start=1721
+  _globals['_REPORTUNAVAILABLEREQUEST']._serialized_end=1810
+  _globals['_REPORTUNAVAILABLERESPONSE']._serialized_start=1812
+  _globals['_REPORTUNAVAILABLERESPONSE']._serialized_end=1839
+  _globals['_GETSTATUSREQUEST']._serialized_start=1841
+  _globals['_GETSTATUSREQUEST']._serialized_end=1859
+  _globals['_ROUNDSTATUS']._serialized_start=1862
+  _globals['_ROUNDSTATUS']._serialized_end=1992
+  _globals['_GETSTATUSRESPONSE']._serialized_start=1994
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2106
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=2234
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=2586
 # @@protoc_insertion_point(module_scope)

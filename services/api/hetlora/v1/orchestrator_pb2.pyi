@@ -271,6 +271,7 @@ class TaskHeader(_message.Message):
     USER_DP_FIELD_NUMBER: _builtins.int
     COMPONENT_COHORTS_FIELD_NUMBER: _builtins.int
     BASE_MODEL_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     version: _builtins.int
     rank: _builtins.int
@@ -279,6 +280,11 @@ class TaskHeader(_message.Message):
     """Total size of the factor payload that follows (numpy .npz bytes)."""
     base_model_fingerprint: _builtins.str
     """The job's base model; a device whose own differs refuses the task."""
+    signing_public_key: _builtins.bytes
+    """The Ed25519 key the secure round was opened with (the one a check-in advertised). A device signs with it;
+    one that no longer holds it (it restarted while its poll was pending) sits the round out instead of being
+    refused by the aggregator.
+    """
     @_builtins.property
     def strategy(self) -> Global___StrategySettings: ...
     @_builtins.property
@@ -309,10 +315,11 @@ class TaskHeader(_message.Message):
         user_dp: Global___UserDpSettings | None = ...,
         component_cohorts: _abc.Iterable[_builtins.int] | None = ...,
         base_model_fingerprint: _builtins.str = ...,
+        signing_public_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["secure_agg", b"secure_agg", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_fingerprint", b"base_model_fingerprint", "component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model_fingerprint", b"base_model_fingerprint", "component_cohorts", b"component_cohorts", "factors_bytes", b"factors_bytes", "rank", b"rank", "round_id", b"round_id", "secure_agg", b"secure_agg", "seed", b"seed", "signing_public_key", b"signing_public_key", "strategy", b"strategy", "train", b"train", "user_dp", b"user_dp", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

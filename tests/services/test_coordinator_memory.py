@@ -1,0 +1,43 @@
+"""The orchestrator's memory grows with the cohort, not with the rounds run: round history is bounded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from secure_agg import Ed25519Signer
+from services.orchestrator.coordinator import HISTORY_ROUNDS, Coordinator, RoundSettings
+from trainer.factors import ModuleShape
+from trainer.round_engine import RoundEngine
+from trainer.store import MemoryStore
+from trainer.strategies import StrategyConfig, make_strategy
+
+
+class Unavailable(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "the aggregator is down"
+
+
+def test_round_history_is_bounded_however_many_rounds_run() -> None:
+    shapes = {"layer": ModuleShape(4, 4)}
+    strategy = make_strategy("hetlora-rebase", StrategyConfig(r_min=2, r_max=4))
+    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, 0)), {}, 2, 0)
+
+    def aggregator_down(config: Any, members: Any, timeout: float) -> None:
+        raise Unavailable()
+
+    rounds = HISTORY_ROUNDS + 20
+    settings = RoundSettings(rounds=rounds, per_round=2, min_devices=2, attempts_per_round=1)
+    coordinator = Coordinator(engine, shapes, settings, lambda d: 2, aggregator_down, lambda *a: ((), ()))
+    for device in ("dev-1", "dev-2"):  # checked in (what check_in records), and never polling again
+        engine.device_ranks[device] = 2
+        coordinator._seen[device] = (coordinator._clock(), Ed25519Signer.generate().public_bytes)
+    coordinator.start()
+    assert coordinator.join(timeout_s=60)  # every round failed to open, one attempt each: the loop ran out
+    assert len(coordinator.history) == HISTORY_ROUNDS and len(coordinator.outcomes) == HISTORY_ROUNDS
+    assert coordinator.history[-1].round_index == rounds and coordinator.history[0].round_index == rounds - 63
+    assert all(r.state == "failed" and "aggregator is down" in r.detail for r in coordinator.history)
