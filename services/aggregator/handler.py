@@ -19,6 +19,9 @@ log = logging.getLogger("hetlora.aggregator")
 MAX_STAGE_TIMEOUT_S = 3600.0
 MAX_WAIT_S = 60.0
 MAX_OPEN_ROUNDS = 64
+# Finished rounds are kept only so a retried GetRoundResult still finds its sums; beyond this many the oldest
+# is forgotten, so memory grows with the rounds in flight, not with the rounds ever run.
+KEEP_FINISHED_ROUNDS = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class AggregatorHandler:
         self.max_message_bytes = max_message_bytes
         self.listener = listener
         self._rounds: dict[int, tuple[StageRound, dict[str, int]]] = {}
+        self._forgotten_up_to = -1  # round ids are increasing: an id at or below a forgotten one is a reuse
         self._lock = threading.Lock()
 
     def open_round(
@@ -53,8 +57,9 @@ class AggregatorHandler:
         if any(len(m.signing_public_key) != 32 for m in members):
             raise errors.invalid("members.signing_public_key", "must be a raw 32-byte Ed25519 public key")
         with self._lock:
-            if round_id in self._rounds:
+            if round_id in self._rounds or round_id <= self._forgotten_up_to:
                 raise errors.already(f"round {round_id} was already opened; round ids are never reused")
+            self._forget_finished()
             live = sum(not r.finished for r, _ in self._rounds.values())
             if live >= MAX_OPEN_ROUNDS:
                 raise errors.exhausted(f"{live} rounds are still running; finish or abort some first")
@@ -86,6 +91,22 @@ class AggregatorHandler:
     def submit(self, caller: Identity, round_id: int, stage: Stage, payload: bytes) -> None:
         run, client = self._member(caller, round_id)
         run.submit(client, stage, payload)
+
+    def admit(self, caller: Identity, round_id: int) -> None:
+        """Refuse an upload from a non-member on its first chunk, before any of it is buffered."""
+        self._member(caller, round_id)
+
+    @property
+    def rounds_held(self) -> int:
+        with self._lock:
+            return len(self._rounds)
+
+    def _forget_finished(self) -> None:
+        """Drop the oldest finished rounds past ``KEEP_FINISHED_ROUNDS`` (called with the lock held)."""
+        finished = sorted(rid for rid, (run, _) in self._rounds.items() if run.finished)
+        for rid in finished[: max(0, len(finished) - KEEP_FINISHED_ROUNDS)]:
+            del self._rounds[rid]
+            self._forgotten_up_to = max(self._forgotten_up_to, rid)
 
     def _round(self, round_id: int) -> tuple[StageRound, dict[str, int]]:
         with self._lock:

@@ -86,6 +86,8 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
         for chunk in request:
             if key is None:
                 key = (chunk.round_id, chunk.stage)
+                _stage(chunk.stage)
+                self.handler.admit(caller, chunk.round_id)  # a non-member's upload costs no buffer
             elif key != (chunk.round_id, chunk.stage):
                 raise errors.invalid("round_id/stage", "every chunk of one upload must name the same round and stage")
             size += len(chunk.chunk)
