@@ -105,6 +105,7 @@ class Coordinator:
         self._cond = threading.Condition()
         self._seen: dict[str, tuple[float, bytes]] = {}  # device -> (last poll, signing key)
         self._assigned: dict[str, Assignment] = {}
+        self._polls: dict[str, int] = {}  # device -> number of its outstanding poll (one per device)
         self._reports: dict[str, Report] = {}
         self._current: RoundRecord | None = None
         # Bounded: memory grows with the cohort, not with the rounds run (the store keeps every version).
@@ -149,14 +150,21 @@ class Coordinator:
         end = self._clock() + wait_s
         with self._cond:
             self.unavailable_devices.pop(device_id, None)
+            # One outstanding poll per device: a newer one replaces it, and the older returns at once.
+            poll = self._polls[device_id] = self._polls.get(device_id, 0) + 1
             if device_id not in self._assigned:
                 self._seen[device_id] = (self._clock(), signing_key)
-                self._cond.notify_all()
+            self._cond.notify_all()
             while device_id not in self._assigned and not self._stop.is_set() and self.refusal is None:
                 left = end - self._clock()
+                if self._polls.get(device_id) != poll:
+                    raise errors.not_yet("superseded by a newer check-in from this device")
                 if left <= 0:
+                    self._polls.pop(device_id, None)
                     raise errors.not_yet("no task for this device yet; ask again")
                 self._cond.wait(timeout=left)
+            if self._polls.get(device_id) == poll:
+                self._polls.pop(device_id)
             if device_id not in self._assigned and self.refusal is not None:
                 raise errors.precondition(f"rounds are finished early: {self.refusal}")
             if device_id not in self._assigned:

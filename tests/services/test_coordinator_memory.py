@@ -41,3 +41,42 @@ def test_round_history_is_bounded_however_many_rounds_run() -> None:
     assert len(coordinator.history) == HISTORY_ROUNDS and len(coordinator.outcomes) == HISTORY_ROUNDS
     assert coordinator.history[-1].round_index == rounds and coordinator.history[0].round_index == rounds - 63
     assert all(r.state == "failed" and "aggregator is down" in r.detail for r in coordinator.history)
+
+
+def test_one_outstanding_poll_per_device_a_newer_one_replaces_the_older() -> None:
+    """A device (or an attacker with its certificate) cannot hold many waiting calls: each new check-in ends
+    its previous one at once with DEADLINE_EXCEEDED ("ask again"), which frees that call's thread."""
+    import threading
+
+    import pytest
+
+    from services.errors import ServiceError
+
+    shapes = {"layer": ModuleShape(4, 4)}
+    strategy = make_strategy("hetlora-rebase", StrategyConfig(r_min=2, r_max=4))
+    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, 0)), {}, 2, 0)
+    settings = RoundSettings(rounds=1, per_round=2, min_devices=2)
+    coordinator = Coordinator(engine, shapes, settings, lambda d: 2, lambda *a: None, lambda *a: ((), ()))
+    key = Ed25519Signer.generate().public_bytes
+    outcome: list[BaseException] = []
+    started = threading.Event()
+
+    def first_poll() -> None:
+        started.set()
+        try:
+            coordinator.check_in("dev-1", key, wait_s=30)
+        except ServiceError as e:
+            outcome.append(e)
+
+    older = threading.Thread(target=first_poll)
+    older.start()
+    assert started.wait(timeout=10)
+    for _ in range(1000):  # bounded (10 s): the first poll registers as soon as its thread runs
+        if "dev-1" in coordinator._polls:
+            break
+        older.join(timeout=0.01)
+    with pytest.raises(ServiceError, match="no task for this device yet"):
+        coordinator.check_in("dev-1", key, wait_s=0.05)
+    older.join(timeout=10)
+    assert not older.is_alive() and "superseded by a newer check-in" in str(outcome[0])
+    assert coordinator._polls == {}
