@@ -83,8 +83,9 @@ def client_data(folder: Path) -> list[Path]:
     """One device's data per entry, in name order: a training.jsonl folder, or a data file."""
     if not folder.is_dir():
         raise SystemExit(f"[data] path {folder} is not a folder with one file or folder per device")
-    suffixes = (".jsonl", ".json", ".csv", ".parquet")
-    return sorted(p for p in folder.iterdir() if (p / "training.jsonl").is_file() or p.suffix in suffixes)
+    from trainer.data.local import is_client_entry  # the rule simulations use, so both see the same devices
+
+    return sorted(p for p in folder.iterdir() if is_client_entry(p))
 
 
 def run(args: list[str], env: dict[str, str]) -> str:

@@ -63,6 +63,7 @@ class StageRound:
         self._outgoing: dict[Stage, bytes | dict[int, bytes]] = {Stage.ADVERTISE_KEYS: config.to_bytes()}
         self._expected: dict[Stage, frozenset[int]] = {Stage.ADVERTISE_KEYS: frozenset(config.clients)}
         self._arrived: set[int] = set()
+        self._waiting: dict[int, int] = {}  # client -> number of its one waiting message_for call
         self._deadline = clock() + stage_timeout_s
         self.result: AggregateResult | None = None
         self.abort_reason: str | None = None
@@ -77,7 +78,17 @@ class StageRound:
         """The server message that opens ``stage`` for ``client``, waiting up to ``wait_s`` for it."""
         index = STAGES.index(stage)
         with self._cond:
-            self._cond.wait_for(lambda: self._stage >= index or self.finished, timeout=wait_s)
+            # One waiting call per client: a newer one replaces it, and the older returns at once.
+            poll = self._waiting[client] = self._waiting.get(client, 0) + 1
+            self._cond.notify_all()
+
+            def superseded() -> bool:
+                return self._waiting.get(client) != poll
+
+            self._cond.wait_for(lambda: self._stage >= index or self.finished or superseded(), timeout=wait_s)
+            if superseded():
+                raise errors.not_yet(f"superseded by a newer wait for {stage} from this client")
+            del self._waiting[client]
             if self.abort_reason is not None:
                 raise errors.aborted(f"secure aggregation round aborted: {self.abort_reason}")
             if stage not in self._outgoing:

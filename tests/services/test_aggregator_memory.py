@@ -78,3 +78,32 @@ def test_finished_rounds_are_forgotten_past_the_bound_and_their_ids_stay_used(ce
     assert handler.rounds_held <= KEEP_FINISHED_ROUNDS + 1
     with pytest.raises(Exception, match="never reused"):
         open_one(handler, certs, 2)  # forgotten, yet still a reuse
+
+
+def test_one_waiting_stage_call_per_client_a_newer_one_replaces_the_older(certs: dict[str, bytes]) -> None:
+    import threading
+
+    from services.errors import ServiceError
+
+    handler = AggregatorHandler(max_message_bytes=1 << 20)
+    open_one(handler, certs, 1)
+    run, _ = handler._round(1)
+    outcome: list[BaseException] = []
+
+    def older_wait() -> None:
+        try:
+            run.message_for(0, Stage.SHARE_KEYS, wait_s=30)  # opens only after every client advertised
+        except ServiceError as e:
+            outcome.append(e)
+
+    older = threading.Thread(target=older_wait)
+    older.start()
+    for _ in range(1000):  # bounded (10 s): the first wait registers as soon as its thread runs
+        if 0 in run._waiting:
+            break
+        older.join(timeout=0.01)
+    with pytest.raises(ServiceError, match="has not opened yet"):
+        run.message_for(0, Stage.SHARE_KEYS, wait_s=0.05)
+    older.join(timeout=10)
+    assert not older.is_alive() and "superseded by a newer wait" in str(outcome[0])
+    run.abort("done")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from trainer.data.local import DataSpec, load_client_data, load_client_dirs
+from trainer.data.local import DataSpec, is_client_entry, load_client_data, load_client_dirs
 from trainer.data.types import TokenBlocks
 
 
@@ -22,5 +22,5 @@ def heldout_sets(
     if path.is_file():
         whole = DataSpec(path=path, validation=path)  # every record held out: the file is the server's own
         return [load_client_data(whole, tokenizer, seq_len, heldout_blocks=blocks, min_train_blocks=1).heldout]
-    n = clients if clients is not None else sum(1 for _ in path.iterdir())
+    n = clients if clients is not None else sum(is_client_entry(p) for p in path.iterdir())
     return [c.heldout for c in load_client_dirs(path, tokenizer, n, seq_len, heldout_blocks=blocks, min_train_blocks=1)]

@@ -139,7 +139,8 @@ def _build(
     return ClientDataset(name, train, heldout, num_train_examples=len(split.train))
 
 
-def _is_client(path: Path) -> bool:
+def is_client_entry(path: Path) -> bool:
+    """A file or client folder that makes one client in a data folder (hidden names never do)."""
     return not path.name.startswith(".") and (path.suffix.lower() in _SUFFIXES or (path / TRAINING_FILE).exists())
 
 
@@ -208,7 +209,7 @@ def load_client_dirs(
         candidates = _partition(data_dir, partition_by, spec)
         total = len(candidates)
     elif data_dir.is_dir():
-        entries = [p for p in sorted(data_dir.iterdir()) if _is_client(p)]
+        entries = [p for p in sorted(data_dir.iterdir()) if is_client_entry(p)]
         candidates = ((_client_id(p), _read_split(DataSpec(path=p, **spec_fields))) for p in entries)  # lazy
         total = len(entries)
     else:
