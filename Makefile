@@ -16,7 +16,7 @@ MODEL ?= smollm2
 JOB ?= ops/jobs/demo.toml
 OUT ?= runs/demo
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install system-deps lint test test-slow bench bench-quality bench-secagg bench-services bench-dp demo demo-gemma demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install system-deps lint test test-slow bench bench-quality bench-secagg bench-services bench-load bench-dp demo demo-gemma demo-simulate clean help
 
 help:  ## list targets (research reproductions: make -C bench help)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -68,6 +68,9 @@ bench: bench-secagg bench-services bench-dp  ## all fast benchmarks (JSON under 
 
 bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 	$(PY) bench/secagg_bench.py --json bench/results/secagg.json
+
+bench-load:  ## the services as processes under many synthetic devices: s/round, drops, RPC latency, CPU, RSS, bytes by rank
+	$(PY) bench/load.py --devices 20,60,120 --per-round 20 --json bench/results/load.json
 
 bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg alone and a whole round
 	$(PY) bench/services_bench.py --json bench/results/services.json

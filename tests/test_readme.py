@@ -37,4 +37,5 @@ def test_fine_tune_your_own_model_runs_verbatim() -> None:
     assert "all rounds finished: DONE version=2" in done.stdout
     assert "merged model in runs/mine/tuned" in done.stdout
     assert (ROOT / "runs/mine/tuned/model.safetensors").is_file()
-    assert done.stdout.rstrip().splitlines()[-1].startswith("Hi! How are you?")  # the generated text
+    generated = done.stdout.split("merged model in runs/mine/tuned", 1)[1]
+    assert "Hi! How are you?" in generated  # the pipeline printed prompt + continuation (random model: any text)

@@ -92,6 +92,7 @@ class DeviceAgent:
     ) -> None:
         self.orchestrator, self.aggregator_for, self.model, self.data = orchestrator, aggregator_for, model, data
         self.fingerprint = fingerprint  # trainer.fingerprint of the base model this device loaded
+        self.run_task = run_task  # what trains; the load harness (bench/load.py) swaps in a synthetic update
         self.layers = linear_layers(model)  # the task names the layers to adapt; these are what this model has
         # The key a pending check-in advertised: kept across polls until a task comes, because the orchestrator
         # may open a round with the key of a poll that then expires; a fresh key on the next poll would make
@@ -189,7 +190,7 @@ class DeviceAgent:
         )
         shapes = task_shapes(self.layers, task.factors)
         train = TrainConfig(steps=header.train.steps, batch_size=header.train.batch_size, lr=header.train.lr)
-        report = run_task(strategy, self.model, self.data, task, train, self._privacy(header))
+        report = self.run_task(strategy, self.model, self.data, task, train, self._privacy(header))
         self.save_ledger()  # spent once trained, whether or not the upload makes it into a sum
         assert report.contribution is not None
         sa = header.secure_agg
