@@ -9,7 +9,7 @@ from services.pki import Identity, identity_of
 from services.registry import DeviceRegistry
 
 
-def peer_identity(context: grpc.ServicerContext) -> Identity:
+def peer_identity(context: grpc.ServicerContext | grpc.aio.ServicerContext) -> Identity:
     """The caller's certificate identity; UNAUTHENTICATED without one (TLS has already checked the CA)."""
     pems: list[bytes] = list(context.auth_context().get("x509_pem_cert", []))  # type: ignore[arg-type]
     if not pems:

@@ -102,6 +102,25 @@ def grpc_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def aio_grpc_errors(method: F) -> F:
+    """``grpc_errors`` for ``grpc.aio`` servicer coroutines."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except ServiceError as e:
+            await context.abort(e.code, e.message)
+        except grpc.aio.AbortError:
+            raise  # already answered (an undecodable chunk inside a stream)
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("unhandled error in %s (ref %s)", method.__name__, ref)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has details")
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
     context.abort(code, message)
     raise AssertionError("unreachable: context.abort raises")

@@ -64,3 +64,36 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 self._record(method, context, started, failed)
 
         return wrapped
+
+
+class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """``MetricsInterceptor`` for ``grpc.aio`` servers (unary and client-streaming methods)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            return handler._replace(unary_unary=self._timed(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=self._timed(handler.stream_unary, method))
+        return handler
+
+    def _timed(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), True
+            try:
+                response = await behaviour(request, context)
+                failed = False
+                return response
+            finally:
+                code = context.code()
+                name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
+                RPC_REQUESTS.labels(self.service, method, name).inc()
+                RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - started)
+
+        return wrapped

@@ -74,19 +74,29 @@ class AggregatorHandler:
         _require_service(caller)
         run, _ = self._round(round_id)
         run.wait(min(wait_s, MAX_WAIT_S))
-        if run.abort_reason is not None:
-            raise errors.aborted(f"round {round_id} aborted: {run.abort_reason}")
-        if run.result is None:
-            raise errors.precondition(f"round {round_id} is still running; ask again")
-        return run.result
+        return _finished(run, round_id)
+
+    async def result_async(self, caller: Identity, round_id: int, wait_s: float) -> AggregateResult:
+        """``result`` for an asyncio handler: the wait holds no thread."""
+        _require_service(caller)
+        run, _ = self._round(round_id)
+        await run.wait_async(min(wait_s, MAX_WAIT_S))
+        return _finished(run, round_id)
 
     def await_stage(
         self, caller: Identity, round_id: int, stage: Stage, wait_s: float
     ) -> tuple[bytes, int, dict[int, bytes]]:
         run, client = self._member(caller, round_id)
         payload = run.message_for(client, stage, min(wait_s, MAX_WAIT_S))
-        keys = run.signing_keys if stage == Stage.ADVERTISE_KEYS else {}
-        return payload, client, keys
+        return payload, client, run.signing_keys if stage == Stage.ADVERTISE_KEYS else {}
+
+    async def await_stage_async(
+        self, caller: Identity, round_id: int, stage: Stage, wait_s: float
+    ) -> tuple[bytes, int, dict[int, bytes]]:
+        """``await_stage`` for an asyncio handler: a waiting device is a registered waker, not a thread."""
+        run, client = self._member(caller, round_id)
+        payload = await run.message_for_async(client, stage, min(wait_s, MAX_WAIT_S))
+        return payload, client, run.signing_keys if stage == Stage.ADVERTISE_KEYS else {}
 
     def submit(self, caller: Identity, round_id: int, stage: Stage, payload: bytes) -> None:
         run, client = self._member(caller, round_id)
@@ -122,6 +132,15 @@ class AggregatorHandler:
         if caller.common_name not in members:
             raise errors.denied(f"device {caller.common_name!r} is not in round {round_id}'s cohort")
         return run, members[caller.common_name]
+
+
+def _finished(run: StageRound, round_id: int) -> AggregateResult:
+    """The round's sums, or why there are none."""
+    if run.abort_reason is not None:
+        raise errors.aborted(f"round {round_id} aborted: {run.abort_reason}")
+    if run.result is None:
+        raise errors.precondition(f"round {round_id} is still running; ask again")
+    return run.result
 
 
 def _require_service(caller: Identity) -> None:

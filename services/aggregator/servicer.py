@@ -1,8 +1,14 @@
-"""gRPC face of the aggregator: identities from the mTLS peer, chunked uploads reassembled under a cap."""
+"""gRPC face of the aggregator (``grpc.aio``): identities from the mTLS peer, chunked uploads under a cap.
+
+Waiting calls (a device's ``AwaitStage``, the orchestrator's ``GetRoundResult``) are coroutines that hold no
+thread; the few steps that do CPU work (verifying and folding in a stage message) run in a worker thread so
+they never stall the event loop for the devices that are waiting.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
@@ -13,7 +19,7 @@ from services.aggregator.handler import AggregatorHandler, Member
 from services.api.hetlora.v1 import aggregator_pb2 as pb
 from services.api.hetlora.v1 import aggregator_pb2_grpc as rpc
 from services.auth import peer_identity
-from services.errors import grpc_errors
+from services.errors import aio_grpc_errors
 
 STAGE_FROM_WIRE: dict[pb.Stage.ValueType, Stage] = {
     pb.STAGE_ADVERTISE_KEYS: Stage.ADVERTISE_KEYS,
@@ -35,19 +41,19 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
     def __init__(self, handler: AggregatorHandler) -> None:
         self.handler = handler
 
-    @grpc_errors
-    def OpenRound(self, request: pb.OpenRoundRequest, context: grpc.ServicerContext) -> pb.OpenRoundResponse:
+    @aio_grpc_errors
+    async def OpenRound(self, request: pb.OpenRoundRequest, context: grpc.aio.ServicerContext) -> pb.OpenRoundResponse:
         members = [Member(m.device_id, m.client_id, m.signing_public_key) for m in request.members]
         self.handler.open_round(
             peer_identity(context), request.round_id, request.round_config, members, request.stage_timeout_ms / 1000
         )
         return pb.OpenRoundResponse()
 
-    @grpc_errors
-    def GetRoundResult(
-        self, request: pb.GetRoundResultRequest, context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def GetRoundResult(
+        self, request: pb.GetRoundResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRoundResultResponse:
-        result = self.handler.result(peer_identity(context), request.round_id, request.wait_ms / 1000)
+        result = await self.handler.result_async(peer_identity(context), request.round_id, request.wait_ms / 1000)
         return pb.GetRoundResultResponse(
             survivors=result.survivors,
             dropped=result.dropped,
@@ -65,9 +71,11 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
             ],
         )
 
-    @grpc_errors
-    def AwaitStage(self, request: pb.AwaitStageRequest, context: grpc.ServicerContext) -> pb.AwaitStageResponse:
-        payload, client, keys = self.handler.await_stage(
+    @aio_grpc_errors
+    async def AwaitStage(
+        self, request: pb.AwaitStageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AwaitStageResponse:
+        payload, client, keys = await self.handler.await_stage_async(
             peer_identity(context), request.round_id, _stage(request.stage), request.wait_ms / 1000
         )
         return pb.AwaitStageResponse(
@@ -76,14 +84,14 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
             signing_keys=[pb.SigningKey(client_id=c, public_key=k) for c, k in sorted(keys.items())],
         )
 
-    @grpc_errors
-    def SubmitStage(
-        self, request: Iterator[pb.SubmitStageRequest], context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def SubmitStage(
+        self, request: AsyncIterator[pb.SubmitStageRequest], context: grpc.aio.ServicerContext
     ) -> pb.SubmitStageResponse:
         caller = peer_identity(context)
         parts: list[bytes] = []
         size, key = 0, None
-        for chunk in request:
+        async for chunk in request:
             if key is None:
                 key = (chunk.round_id, chunk.stage)
                 _stage(chunk.stage)
@@ -96,5 +104,5 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
             parts.append(chunk.chunk)
         if key is None:
             raise errors.invalid("chunk", "empty upload: send at least one chunk")
-        self.handler.submit(caller, key[0], _stage(key[1]), b"".join(parts))
+        await asyncio.to_thread(self.handler.submit, caller, key[0], _stage(key[1]), b"".join(parts))
         return pb.SubmitStageResponse(received_bytes=size)

@@ -31,6 +31,7 @@ from secure_agg import (
 )
 from secure_agg.errors import MalformedMessageError
 from services import errors
+from services.wakeups import Wakeups
 
 log = logging.getLogger("hetlora.aggregator")
 
@@ -59,6 +60,7 @@ class StageRound:
         self._timeout = stage_timeout_s
         self._clock = clock
         self._cond = threading.Condition()
+        self._wake = Wakeups(self._cond)  # threads and asyncio handlers both wait on _cond
         self._stage = 0  # index into STAGES; len(STAGES) once finished
         self._outgoing: dict[Stage, bytes | dict[int, bytes]] = {Stage.ADVERTISE_KEYS: config.to_bytes()}
         self._expected: dict[Stage, frozenset[int]] = {Stage.ADVERTISE_KEYS: frozenset(config.clients)}
@@ -76,27 +78,40 @@ class StageRound:
 
     def message_for(self, client: int, stage: Stage, wait_s: float) -> bytes:
         """The server message that opens ``stage`` for ``client``, waiting up to ``wait_s`` for it."""
-        index = STAGES.index(stage)
         with self._cond:
-            # One waiting call per client: a newer one replaces it, and the older returns at once.
-            poll = self._waiting[client] = self._waiting.get(client, 0) + 1
-            self._cond.notify_all()
+            poll, ready = self._wait_registered(client, stage)
+            self._cond.wait_for(ready, timeout=wait_s)
+            return self._message(client, stage, poll)
 
-            def superseded() -> bool:
-                return self._waiting.get(client) != poll
+    async def message_for_async(self, client: int, stage: Stage, wait_s: float) -> bytes:
+        """``message_for`` for an asyncio handler: the wait holds no thread."""
+        with self._cond:
+            poll, ready = self._wait_registered(client, stage)
+        await self._wake.wait_for(ready, wait_s)
+        with self._cond:
+            return self._message(client, stage, poll)
 
-            self._cond.wait_for(lambda: self._stage >= index or self.finished or superseded(), timeout=wait_s)
-            if superseded():
-                raise errors.not_yet(f"superseded by a newer wait for {stage} from this client")
-            del self._waiting[client]
-            if self.abort_reason is not None:
-                raise errors.aborted(f"secure aggregation round aborted: {self.abort_reason}")
-            if stage not in self._outgoing:
-                raise errors.not_yet(f"{stage} has not opened yet; ask again")
-            if client not in self._expected[stage]:
-                raise errors.precondition(f"client {client} was dropped before {stage} (it missed a deadline)")
-            message = self._outgoing[stage]
-            return message[client] if isinstance(message, dict) else message
+    def _wait_registered(self, client: int, stage: Stage) -> tuple[int, Callable[[], bool]]:
+        """Register ``client``'s wait (one per client: a newer one replaces the older, which returns at once);
+        returns its number and when it may stop waiting. Called with the condition held."""
+        index = STAGES.index(stage)
+        poll = self._waiting[client] = self._waiting.get(client, 0) + 1
+        self._wake.notify_all()
+        return poll, lambda: self._stage >= index or self.finished or self._waiting.get(client) != poll
+
+    def _message(self, client: int, stage: Stage, poll: int) -> bytes:
+        """After a wait (condition held): the message, or why there is none."""
+        if self._waiting.get(client) != poll:
+            raise errors.not_yet(f"superseded by a newer wait for {stage} from this client")
+        del self._waiting[client]
+        if self.abort_reason is not None:
+            raise errors.aborted(f"secure aggregation round aborted: {self.abort_reason}")
+        if stage not in self._outgoing:
+            raise errors.not_yet(f"{stage} has not opened yet; ask again")
+        if client not in self._expected[stage]:
+            raise errors.precondition(f"client {client} was dropped before {stage} (it missed a deadline)")
+        message = self._outgoing[stage]
+        return message[client] if isinstance(message, dict) else message
 
     def submit(self, client: int, stage: Stage, payload: bytes) -> None:
         """Hand ``client``'s message for the open stage to the state machine."""
@@ -122,18 +137,21 @@ class StageRound:
                 raise errors.denied(f"{stage} message refused: {e}") from None
             self._arrived.add(client)
             if self._arrived >= self._expected[stage]:
-                self._cond.notify_all()
+                self._wake.notify_all()
 
     def abort(self, reason: str) -> None:
         with self._cond:
             if not self.finished:
                 self._server.abort(reason)
                 self.abort_reason = reason
-                self._cond.notify_all()
+                self._wake.notify_all()
 
     def wait(self, timeout_s: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: self.finished, timeout=timeout_s)
+
+    async def wait_async(self, timeout_s: float) -> bool:
+        return await self._wake.wait_for(lambda: self.finished, timeout_s)
 
     def _drive(self) -> None:
         for index, stage in enumerate(STAGES):
@@ -158,7 +176,7 @@ class StageRound:
                 except AbortedError as e:
                     self.abort_reason = str(e) or "aborted"
                 finally:
-                    self._cond.notify_all()
+                    self._wake.notify_all()
                 if self.finished:
                     return
 

@@ -24,3 +24,13 @@ def enrollment(pki: Path, tmp_path: Path) -> Iterator:
     running = start(pki, tmp_path / "registry.db", "127.0.0.1", 0, 0, EnrollmentPolicy())
     yield running
     running.stop(None)
+
+
+@pytest.fixture
+def aggregator(pki: Path) -> Iterator:
+    """A real aggregator (grpc.aio, mTLS) on a free loopback port."""
+    from services.aggregator.server import start
+
+    running = start(pki, "127.0.0.1", 0)
+    yield running
+    running.stop(None)

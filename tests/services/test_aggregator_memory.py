@@ -3,7 +3,8 @@ forgotten past a bound (a forgotten round id still counts as used)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -31,7 +32,7 @@ class PeerContext:
     def auth_context(self) -> dict:
         return {"x509_pem_cert": [self.cert_pem]}
 
-    def abort(self, code: grpc.StatusCode, message: str) -> None:
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
         self.code = code
         raise AbortedError(message)
 
@@ -58,14 +59,14 @@ def test_a_non_members_upload_is_refused_on_its_first_chunk(certs: dict[str, byt
     open_one(handler, certs, 1)
     pulled: list[int] = []
 
-    def upload() -> Iterator[pb.SubmitStageRequest]:
+    async def upload() -> AsyncIterator[pb.SubmitStageRequest]:
         for i in range(1000):  # 1,000 chunks of 64 KiB a stranger would like the aggregator to buffer
             pulled.append(i)
             yield pb.SubmitStageRequest(round_id=1, stage=STAGE_TO_WIRE[Stage.MASKED_INPUT], chunk=b"\0" * 65536)
 
     context = PeerContext(certs["x"])
     with pytest.raises(AbortedError, match="not in round 1"):
-        AggregatorServicer(handler).SubmitStage(upload(), context)  # type: ignore[arg-type]
+        asyncio.run(AggregatorServicer(handler).SubmitStage(upload(), context))  # type: ignore[arg-type]
     assert context.code == grpc.StatusCode.PERMISSION_DENIED and pulled == [0]
 
 

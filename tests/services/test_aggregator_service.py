@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from secure_agg import (
     Stage,
 )
 from services.aggregator.client import open_round, round_sums
-from services.aggregator.server import RunningAggregator, start
+from services.aggregator.server import RunningAggregator
 from services.aggregator.servicer import STAGE_TO_WIRE
 from services.api.hetlora.v1 import aggregator_pb2 as pb
 from services.api.hetlora.v1 import aggregator_pb2_grpc as rpc
@@ -35,13 +34,6 @@ EDGES = (0, 2, 4, 8)
 LAYOUT = BucketLayout.for_rank_edges(EDGES, component_size=6)
 CODEC = FixedPointCodec(value_bound=4.0, weight_bound=1.0, max_clients=16)
 RANKS = (2, 8, 4, 8, 2, 4)
-
-
-@pytest.fixture
-def aggregator(pki: Path) -> Iterator[RunningAggregator]:
-    running = start(pki, "127.0.0.1", 0)
-    yield running
-    running.stop(None)
 
 
 def stub_for(pki: Path, port: int, name: str, role: str) -> rpc.AggregatorServiceStub:
