@@ -47,15 +47,21 @@ class AioServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def add_servicer(self, service: ServiceDescriptor, servicer: object) -> None:
-        """Register ``servicer``'s async methods (unary and client-streaming) for ``service``."""
+        """Register ``servicer``'s coroutines (unary, client-streaming) and async generators (server-streaming)."""
         handlers: dict[str, grpc.RpcMethodHandler] = {}
         for method in service.methods:
             request_type = message_factory.GetMessageClass(method.input_type)
             response_type = message_factory.GetMessageClass(method.output_type)
             behaviour = getattr(servicer, method.name)
+            if method.server_streaming and method.client_streaming:
+                raise ValueError(f"{service.full_name}.{method.name} streams both ways; not supported here")
             if method.server_streaming:
-                raise ValueError(f"{service.full_name}.{method.name}: server streaming is not served on aio here")
-            if method.client_streaming:
+                handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                    _parsing_responses(behaviour, request_type),
+                    request_deserializer=None,
+                    response_serializer=response_type.SerializeToString,
+                )
+            elif method.client_streaming:
                 handlers[method.name] = grpc.stream_unary_rpc_method_handler(
                     _parsing_stream(behaviour, request_type),
                     request_deserializer=None,
@@ -112,5 +118,15 @@ def _parsing_stream(
                 yield await _parse(body, request_type, context)
 
         return await method(parsed(), context)
+
+    return handle
+
+
+def _parsing_responses(
+    method: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], request_type: type[Message]
+) -> Callable[..., AsyncIterator[Any]]:
+    async def handle(body: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in method(await _parse(body, request_type, context), context):
+            yield response
 
     return handle

@@ -81,7 +81,27 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
             return handler._replace(unary_unary=self._timed(handler.unary_unary, method))
         if handler.stream_unary:
             return handler._replace(stream_unary=self._timed(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=self._timed_stream(handler.unary_stream, method))
         return handler
+
+    def _record(self, method: str, context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
+        RPC_REQUESTS.labels(self.service, method, name).inc()
+        RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - started)
+
+    def _timed_stream(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), True
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+                failed = False
+            finally:
+                self._record(method, context, started, failed)
+
+        return wrapped
 
     def _timed(self, behaviour: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -91,9 +111,6 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
                 failed = False
                 return response
             finally:
-                code = context.code()
-                name = code.name if isinstance(code, grpc.StatusCode) else ("UNKNOWN" if failed else "OK")
-                RPC_REQUESTS.labels(self.service, method, name).inc()
-                RPC_SECONDS.labels(self.service, method).observe(time.perf_counter() - started)
+                self._record(method, context, started, failed)
 
         return wrapped

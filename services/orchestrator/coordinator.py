@@ -31,6 +31,7 @@ from services.secure_sum import (
     dense_layout,
     factor_layout,
 )
+from services.wakeups import Wakeups
 from trainer.device import Report
 from trainer.factors import ModuleShape
 from trainer.privacy.federation import PrivacyBudgetExceededError
@@ -103,6 +104,7 @@ class Coordinator:
         self.engine, self.shapes, self.settings = engine, shapes, settings
         self._device_rank, self._open, self._sums, self._clock = device_rank, open_secure_round, secure_sums, clock
         self._cond = threading.Condition()
+        self._wake = Wakeups(self._cond)  # the round thread and asyncio check-ins both wait on _cond
         self._seen: dict[str, tuple[float, bytes]] = {}  # device -> (last poll, signing key)
         self._assigned: dict[str, Assignment] = {}
         self._polls: dict[str, int] = {}  # device -> number of its outstanding poll (one per device)
@@ -124,7 +126,7 @@ class Coordinator:
     def stop(self) -> None:
         self._stop.set()
         with self._cond:
-            self._cond.notify_all()
+            self._wake.notify_all()
         self._thread.join(timeout=30)
 
     def join(self, timeout_s: float) -> bool:
@@ -139,6 +141,20 @@ class Coordinator:
     # device side ---------------------------------------------------------------------------------------
     def check_in(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
         """Mark the device available and wait for its task; DEADLINE_EXCEEDED when none came in ``wait_s``."""
+        poll = self._register(device_id, signing_key)
+        with self._cond:
+            self._cond.wait_for(self._answerable(device_id, poll), timeout=wait_s)
+            return self._hand_out(device_id, poll)
+
+    async def check_in_async(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
+        """``check_in`` for an asyncio handler: a waiting device is a registered waker, not a thread."""
+        poll = self._register(device_id, signing_key)
+        await self._wake.wait_for(self._answerable(device_id, poll), wait_s)
+        with self._cond:
+            return self._hand_out(device_id, poll)
+
+    def _register(self, device_id: str, signing_key: bytes) -> int:
+        """Validate a check-in and mark the device available; returns the number of its (one) outstanding poll."""
         if len(signing_key) != 32:
             raise errors.invalid("signing_public_key", "must be a raw 32-byte Ed25519 public key")
         if self.refusal is not None:
@@ -147,29 +163,36 @@ class Coordinator:
             raise errors.precondition(f"all {self.settings.rounds} rounds are finished; nothing left to train")
         if device_id not in self.engine.device_ranks:
             self.engine.device_ranks[device_id] = self._device_rank(device_id)
-        end = self._clock() + wait_s
         with self._cond:
             self.unavailable_devices.pop(device_id, None)
             # One outstanding poll per device: a newer one replaces it, and the older returns at once.
             poll = self._polls[device_id] = self._polls.get(device_id, 0) + 1
             if device_id not in self._assigned:
                 self._seen[device_id] = (self._clock(), signing_key)
-            self._cond.notify_all()
-            while device_id not in self._assigned and not self._stop.is_set() and self.refusal is None:
-                left = end - self._clock()
-                if self._polls.get(device_id) != poll:
-                    raise errors.not_yet("superseded by a newer check-in from this device")
-                if left <= 0:
-                    self._polls.pop(device_id, None)
-                    raise errors.not_yet("no task for this device yet; ask again")
-                self._cond.wait(timeout=left)
-            if self._polls.get(device_id) == poll:
-                self._polls.pop(device_id)
-            if device_id not in self._assigned and self.refusal is not None:
-                raise errors.precondition(f"rounds are finished early: {self.refusal}")
-            if device_id not in self._assigned:
-                raise errors.unavailable("the orchestrator is shutting down")
+            self._wake.notify_all()
+        return poll
+
+    def _answerable(self, device_id: str, poll: int) -> Callable[[], bool]:
+        """When a waiting poll has its answer: a task, the end of the rounds, or a newer poll of the device."""
+        return lambda: (
+            device_id in self._assigned
+            or self._stop.is_set()
+            or self.refusal is not None
+            or self._polls.get(device_id) != poll
+        )
+
+    def _hand_out(self, device_id: str, poll: int) -> Assignment:
+        """The poll's answer (called with the condition held after its wait)."""
+        if self._polls.get(device_id) != poll:
+            raise errors.not_yet("superseded by a newer check-in from this device")
+        del self._polls[device_id]
+        if device_id in self._assigned:
             return self._assigned.pop(device_id)
+        if self.refusal is not None:
+            raise errors.precondition(f"rounds are finished early: {self.refusal}")
+        if self._stop.is_set():
+            raise errors.unavailable("the orchestrator is shutting down")
+        raise errors.not_yet("no task for this device yet; ask again")
 
     def report(self, device_id: str, round_id: int, report: Report) -> None:
         with self._cond:
@@ -181,7 +204,7 @@ class Coordinator:
             if not 1 <= report.rank <= report.rank_before:
                 raise errors.invalid("rank_after", f"must be in [1, rank_before={report.rank_before}]")
             self._reports[device_id] = report
-            self._cond.notify_all()
+            self._wake.notify_all()
 
     def unavailable(self, device_id: str, why: str) -> None:
         """The device says it cannot train: it is not sampled again until it checks in anew."""
@@ -218,7 +241,7 @@ class Coordinator:
                 self.refusal = str(e)
                 log.error("round %d refused: %s", index, e)
                 with self._cond:
-                    self._cond.notify_all()  # devices waiting for a task hear it now
+                    self._wake.notify_all()  # devices waiting for a task hear it now
                 return
             except Exception:
                 log.exception("round %d failed; the committed version is unchanged", index)
@@ -272,7 +295,7 @@ class Coordinator:
                     keys[ids[d]][1],
                 )
                 self._seen.pop(d, None)  # busy until it polls again
-            self._cond.notify_all()
+            self._wake.notify_all()
         log.info("round %d (id %d): cohort %s, ranks %s", index, round_id, cohort, dict(plan.ranks))
         self.listener.round_started(index, list(plan.ranks.values()))
         codec = FixedPointCodec(s.secure.value_bound, 1.0, len(cohort))

@@ -8,9 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from services.aggregator.client import open_round, round_sums
+from services.aio_transport import AioServer
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.metrics import PrometheusRoundListener, record_certificate
@@ -21,7 +20,7 @@ from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
 from services.privacy_settings import example_dp_message, user_dp_message
 from services.registry import DeviceRegistry
 from services.settings import strategy_config
-from services.transport import TlsFiles, add_servicer, bind, channel, new_server
+from services.transport import MAX_MESSAGE_BYTES, TlsFiles, channel
 from trainer.factors import ModuleShape
 from trainer.privacy import ExampleDP, UserDP
 from trainer.privacy.federation import FederationPrivacy
@@ -49,7 +48,7 @@ class OrchestratorConfig:
 
 @dataclass
 class RunningOrchestrator:
-    server: grpc.Server
+    server: AioServer
     port: int
     coordinator: Coordinator
     registry: DeviceRegistry
@@ -59,7 +58,7 @@ class RunningOrchestrator:
         self.coordinator.stop()
         if self.evaluator is not None:
             self.evaluator.stop()
-        self.server.stop(grace).wait()
+        self.server.stop(grace)
         self.registry.close()
 
 
@@ -152,13 +151,12 @@ def start(
         user_dp_message(cfg.user_dp) if cfg.user_dp is not None else None,
         cfg.base_model_fingerprint,
     )
-    server = new_server(workers=64, service="orchestrator")
-    add_servicer(
-        server,
-        pb.DESCRIPTOR.services_by_name["OrchestratorService"],
-        OrchestratorServicer(coordinator, registry, template),
+    # grpc.aio: a device waiting for a task holds no thread, however many wait.
+    server = AioServer(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, service="orchestrator")
+    server.add_servicer(
+        pb.DESCRIPTOR.services_by_name["OrchestratorService"], OrchestratorServicer(coordinator, registry, template)
     )
-    bound = bind(server, f"{host}:{port}", tls)
+    bound = server.bind(f"{host}:{port}", tls)
     server.start()
     coordinator.start()
     log.info("orchestrator listening on %s:%d, strategy %s", host, bound, cfg.strategy.name)

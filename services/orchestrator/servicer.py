@@ -1,9 +1,13 @@
-"""gRPC face of the coordinator: device identity from mTLS + the registry, tasks streamed in chunks."""
+"""gRPC face of the coordinator (``grpc.aio``): device identity from mTLS + the registry, tasks in chunks.
+
+A device's long poll for a task is a coroutine waiting on the coordinator's wakeups, so waiting devices hold
+no thread: a device that only wants to report is never queued behind hundreds that wait.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -12,7 +16,7 @@ from services import errors
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.auth import peer_identity, require_device
-from services.errors import BASE_MODEL_MISMATCH, grpc_errors
+from services.errors import BASE_MODEL_MISMATCH, aio_grpc_errors
 from services.metrics import DEVICES_UNAVAILABLE, DOWNLOAD_BYTES
 from services.orchestrator.coordinator import Coordinator
 from services.orchestrator.task_codec import chunks
@@ -42,15 +46,17 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
     def __init__(self, coordinator: Coordinator, registry: DeviceRegistry, template: TaskTemplate) -> None:
         self.coordinator, self.registry, self.template = coordinator, registry, template
 
-    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> Iterator[pb.GetTaskResponse]:
+    async def GetTask(
+        self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GetTaskResponse]:
         try:
             device = require_device(peer_identity(context), self.registry)
             self._require_base_model(device, request.base_model_fingerprint)
-            task = self.coordinator.check_in(
+            task = await self.coordinator.check_in_async(
                 device, request.signing_public_key, min(request.wait_ms / 1000, MAX_WAIT_S)
             )
         except errors.ServiceError as e:
-            context.abort(e.code, e.message)
+            await context.abort(e.code, e.message)
         secure = self.coordinator.settings.secure
         header = pb.TaskHeader(
             round_id=task.round_id,
@@ -79,9 +85,9 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)
             DOWNLOAD_BYTES.inc(len(part))
 
-    @grpc_errors
-    def ReportTraining(
-        self, request: pb.ReportTrainingRequest, context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def ReportTraining(
+        self, request: pb.ReportTrainingRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportTrainingResponse:
         device = require_device(peer_identity(context), self.registry)
         report = Report(
@@ -117,9 +123,9 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
             f"{expected}; start the device with the job's [model] path (same file, same target_modules)"
         )
 
-    @grpc_errors
-    def ReportUnavailable(
-        self, request: pb.ReportUnavailableRequest, context: grpc.ServicerContext
+    @aio_grpc_errors
+    async def ReportUnavailable(
+        self, request: pb.ReportUnavailableRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportUnavailableResponse:
         device = require_device(peer_identity(context), self.registry)
         reason = REASONS.get(request.reason)
@@ -132,8 +138,8 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
         self.coordinator.unavailable(device, f"{reason}: {request.detail}")
         return pb.ReportUnavailableResponse()
 
-    @grpc_errors
-    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.GetStatusResponse:
+    @aio_grpc_errors
+    async def GetStatus(self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext) -> pb.GetStatusResponse:
         caller = peer_identity(context)
         if caller.role not in ("admin", "service"):
             raise errors.denied("round status is for the operator (admin certificate) and services")
