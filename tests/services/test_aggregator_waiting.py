@@ -38,12 +38,9 @@ def test_a_device_is_served_while_eighty_others_long_poll(pki: Path, aggregator)
     waiting = [threading.Thread(target=wait_for_share_keys, args=(c,), daemon=True) for c in clients[:WAITING]]
     for t in waiting:
         t.start()
-    # Let the 80 calls reach the server and wait there; bounded by the test's timeout.
-    for _ in range(200):
-        if sum(len(r._waiting) for r, _ in aggregator.handler._rounds.values()) >= WAITING:
-            break
-        time.sleep(0.05)  # polling server-side state the test cannot otherwise observe
-    assert sum(len(r._waiting) for r, _ in aggregator.handler._rounds.values()) >= WAITING
+    run = aggregator.handler._round(41)[0]
+    with run._cond:  # every registered wait notifies this condition: wait (bounded) until all 80 are in
+        assert run._cond.wait_for(lambda: len(run._waiting) >= WAITING, timeout=20)
     started = time.monotonic()
     ask = pb.AwaitStageRequest(round_id=41, stage=STAGE_TO_WIRE[Stage.ADVERTISE_KEYS], wait_ms=1000)
     reply = stubs[WAITING].AwaitStage(ask, timeout=10)

@@ -41,11 +41,9 @@ def test_status_is_answered_while_a_hundred_devices_long_poll(pki: Path, tmp_pat
         pollers = [threading.Thread(target=poll, args=(n,), daemon=True) for n in devices]
         for t in pollers:
             t.start()
-        for _ in range(200):  # bounded (10 s): the polls register as they reach the server
-            if len(orchestrator.coordinator._polls) >= WAITING:
-                break
-            time.sleep(0.05)  # polling server-side state the test cannot otherwise observe
-        assert len(orchestrator.coordinator._polls) >= WAITING
+        coordinator = orchestrator.coordinator
+        with coordinator._cond:  # every registered poll notifies this condition: wait (bounded) for all 100
+            assert coordinator._cond.wait_for(lambda: len(coordinator._polls) >= WAITING, timeout=20)
         admin = TlsFiles.load(pki, "admin")
         status = rpc.OrchestratorServiceStub(channel(target, admin.ca_pem, admin.cert_pem, admin.key_pem))
         started = time.monotonic()
