@@ -15,12 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from services.rpc_metrics import AioMetricsInterceptor
-from services.transport import TlsFiles, bind
+from services.transport import TlsFiles, bind, raw_body_handlers
 
 T = TypeVar("T")
 
@@ -48,32 +47,8 @@ class AioServer:
 
     def add_servicer(self, service: ServiceDescriptor, servicer: object) -> None:
         """Register ``servicer``'s coroutines (unary, client-streaming) and async generators (server-streaming)."""
-        handlers: dict[str, grpc.RpcMethodHandler] = {}
-        for method in service.methods:
-            request_type = message_factory.GetMessageClass(method.input_type)
-            response_type = message_factory.GetMessageClass(method.output_type)
-            behaviour = getattr(servicer, method.name)
-            if method.server_streaming and method.client_streaming:
-                raise ValueError(f"{service.full_name}.{method.name} streams both ways; not supported here")
-            if method.server_streaming:
-                handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                    _parsing_responses(behaviour, request_type),
-                    request_deserializer=None,
-                    response_serializer=response_type.SerializeToString,
-                )
-            elif method.client_streaming:
-                handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                    _parsing_stream(behaviour, request_type),
-                    request_deserializer=None,
-                    response_serializer=response_type.SerializeToString,
-                )
-            else:
-                handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                    _parsing(behaviour, request_type),
-                    request_deserializer=None,
-                    response_serializer=response_type.SerializeToString,
-                )
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        handlers = raw_body_handlers(service, servicer, _parsing, _parsing_stream, _parsing_responses)
+        self.server.add_generic_rpc_handlers((handlers,))
 
     def bind(self, address: str, tls: TlsFiles | None) -> int:
         async def add() -> int:

@@ -100,32 +100,33 @@ def add_servicer(server: grpc.Server, service: ServiceDescriptor, servicer: obje
     message; here each method receives raw bytes and parses them itself, naming the expected message type.
     Unary, client-streaming and server-streaming methods (the shapes this API uses).
     """
+    server.add_generic_rpc_handlers((raw_body_handlers(service, servicer, _parsing, _parsing_stream, _parsing),))
+
+
+Wrap = Callable[[Any, type[Message]], Callable[..., Any]]
+
+
+def raw_body_handlers(
+    service: ServiceDescriptor, servicer: object, unary: Wrap, client_stream: Wrap, server_stream: Wrap
+) -> grpc.GenericRpcHandler:
+    """``service``'s methods taking raw request bytes, each wrapped by the parser for its shape (sync or aio)."""
     handlers: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
-        response_type = message_factory.GetMessageClass(method.output_type)
+        serialize = message_factory.GetMessageClass(method.output_type).SerializeToString
         behaviour = getattr(servicer, method.name)
         if method.server_streaming and method.client_streaming:
             raise ValueError(f"{service.full_name}.{method.name} streams both ways; not supported here")
         if method.server_streaming:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _parsing(behaviour, request_type),
-                request_deserializer=None,
-                response_serializer=response_type.SerializeToString,
-            )
+            make, wrap = grpc.unary_stream_rpc_method_handler, server_stream
         elif method.client_streaming:
-            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-                _parsing_stream(behaviour, request_type),
-                request_deserializer=None,
-                response_serializer=response_type.SerializeToString,
-            )
+            make, wrap = grpc.stream_unary_rpc_method_handler, client_stream
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _parsing(behaviour, request_type),
-                request_deserializer=None,
-                response_serializer=response_type.SerializeToString,
-            )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+            make, wrap = grpc.unary_unary_rpc_method_handler, unary
+        handlers[method.name] = make(
+            wrap(behaviour, request_type), request_deserializer=None, response_serializer=serialize
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _parse(body: bytes, request_type: type[Message], context: grpc.ServicerContext) -> Message:
