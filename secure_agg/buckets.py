@@ -5,10 +5,10 @@ every module) is one contiguous slice. The masked vector prefixes each slice wit
 
     region j = [ s_k , s_k · x_k[bucket j] ]      (zeros when the client's rank does not reach bucket j)
 
-A client of level L (it trains buckets 0..L−1) still uploads every region, with zeros above its level. That
-keeps the pairwise masks of the whole SecAgg+ graph on every region, so a bucket's sum is hidden by a
-connected graph even when its own cohort is sparse in the graph. Each region has its own self-mask seed, so
-the server can unmask some regions and leave the others masked for ever.
+A client of level L (it trains buckets 0..L−1) uploads regions 0..L−1 only: one prefix of the vector, so its
+upload is proportional to its rank. Each bucket is masked by its own cohort's graph (see
+:mod:`secure_agg.cohorts`), and each region has its own self-mask seed, so the server can unmask some
+regions and leave the others masked for ever.
 
 Bucket j is unmasked only if its surviving cohort (survivors with level > j) is at least ``min_cohort``.
 Otherwise it is never unmasked and the result says which fallback applies: ``MERGED`` into the nearest lower
@@ -65,6 +65,10 @@ class BucketLayout:
         """Length of the masked uint32 vector (weight slots included)."""
         return self.dim + self.n_buckets
 
+    def prefix(self, level: int) -> int:
+        """Length of the masked vector a client of this level uploads: regions 0..level−1."""
+        return sum(self.sizes[:level]) + level
+
     def region(self, j: int) -> slice:
         """Slice of bucket j's region (weight slot first) in the masked vector."""
         start = sum(self.sizes[:j]) + j
@@ -91,7 +95,10 @@ def encode_weighted(
     codec: FixedPointCodec,
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """The client's uint32 vector: per region, [s, s·clip(x)] for buckets < level, zeros above."""
+    """The client's uint32 upload: per region below ``level``, [s, s·clip(x)] (``layout.prefix(level)`` words).
+
+    ``values`` is the whole float input (``layout.dim``); elements of buckets at or above the level are ignored.
+    """
     x = np.asarray(values, dtype=np.float32).reshape(-1)
     if x.shape[0] != layout.dim:
         raise ConfigError(f"input has {x.shape[0]} elements, layout expects {layout.dim}")
@@ -101,7 +108,7 @@ def encode_weighted(
         raise ConfigError(f"weight must be finite and non-negative, got {weight}")
     rng = rng or np.random.default_rng()
     s = min(float(weight), codec.weight_bound)
-    out = np.zeros(layout.total, dtype=np.uint32)
+    out = np.zeros(layout.prefix(level), dtype=np.uint32)
     if level == 0:
         return out
     w_code = encode_values(np.array([s]), codec.weight_scale, codec.weight_bound, rng)[0]

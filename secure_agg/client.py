@@ -20,6 +20,7 @@ import numpy as np
 from secure_agg import keys as kx
 from secure_agg import prg, shamir
 from secure_agg.buckets import BucketStatus, bucket_outcomes
+from secure_agg.cohorts import RoundGraphs
 from secure_agg.config import RoundConfig, Stage, session_id
 from secure_agg.errors import (
     AbortedError,
@@ -29,7 +30,6 @@ from secure_agg.errors import (
     VerificationError,
     WrongStageError,
 )
-from secure_agg.graph import HararyGraph
 from secure_agg.identity import Signer, Verifier
 from secure_agg.messages import (
     AdvertiseKeys,
@@ -52,16 +52,25 @@ def seed_commitment(session: bytes, owner: int, bucket: int, seed: bytes) -> byt
     return hashlib.sha256(b"hetlora/secagg/v1/seed" + session + struct.pack("<II", owner, bucket) + seed).digest()
 
 
-def pack_bundle(sender: int, recipient: int, key_share: bytes, seed_shares: tuple[bytes, ...]) -> bytes:
-    w = Writer().u32(sender).u32(recipient).raw(key_share).u32(len(seed_shares))
-    for s in seed_shares:
-        w.raw(s)
+def pack_bundle(sender: int, recipient: int, key_share: bytes | None, seed_shares: tuple[bytes, ...] = ()) -> bytes:
+    """A bundle for one contact: the shares it holds (share neighbours) or none (mask-only contacts)."""
+    w = Writer().u32(sender).u32(recipient).u8(0 if key_share is None else 1)
+    if key_share is not None:
+        w.raw(key_share).u32(len(seed_shares))
+        for s in seed_shares:
+            w.raw(s)
     return w.getvalue()
 
 
-def unpack_bundle(data: bytes) -> tuple[int, int, bytes, tuple[bytes, ...]]:
+def unpack_bundle(data: bytes) -> tuple[int, int, bytes | None, tuple[bytes, ...]]:
     r = Reader(data)
-    sender, recipient, key_share, n = r.u32(), r.u32(), r.fixed(shamir.ELEMENT_BYTES), r.u32()
+    sender, recipient, carries = r.u32(), r.u32(), r.u8()
+    if carries not in (0, 1):
+        raise MalformedMessageError(f"share bundle has flag {carries}")
+    if not carries:
+        r.done()
+        return sender, recipient, None, ()
+    key_share, n = r.fixed(shamir.ELEMENT_BYTES), r.u32()
     if n > 1 << 12:
         raise MalformedMessageError(f"share bundle declares {n} seed shares")
     seeds = tuple(r.fixed(shamir.ELEMENT_BYTES) for _ in range(n))
@@ -80,8 +89,10 @@ class ClientState:
     mask_key: kx.KeyPair | None = None
     session_id: bytes = b""
     directory: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
-    neighbours: tuple[int, ...] = ()
-    self_seeds: tuple[bytes, ...] = ()
+    neighbours: tuple[int, ...] = ()  # share neighbours: who holds this client's shares
+    mask_neighbours: tuple[tuple[int, ...], ...] = ()  # per bucket below the level: who it masks with
+    contacts: tuple[int, ...] = ()  # share and mask neighbours: who gets a bundle
+    self_seeds: tuple[bytes, ...] = ()  # one per bucket below the level
     # owner -> (share of owner's masking key, shares of owner's self-mask seeds), own shares included
     held: dict[int, tuple[bytes, tuple[bytes, ...]]] = field(default_factory=dict)
     mask_peers: tuple[int, ...] = ()
@@ -164,23 +175,29 @@ class SecAggClient:
         if len(keys) < cfg.threshold:
             raise AbortedError(f"only {len(keys)} clients advertised keys, threshold is {cfg.threshold}")
         sid = session_id(directory.config_digest, keys)
-        neighbours = HararyGraph.build(keys, cfg.degree, sid).neighbours(st.client_id)
+        me, level = st.client_id, cfg.level_of[st.client_id]
+        graphs = RoundGraphs.build(keys, cfg.level_of, cfg.degree, cfg.mask_degrees(), sid)
+        neighbours = graphs.share_neighbours(me)
+        contacts = graphs.contacts(me, level)
         # Only keys this client will use need checking: a forged key elsewhere cannot reach its secrets,
-        # because every neighbour it masks or shares with is verified against the enrolled identity.
-        for v in neighbours:
+        # because every contact it masks or shares with is verified against the enrolled identity.
+        for v in contacts:
             e = entries[v]
             if not self._verifier.verify(v, e.signed_payload(), e.signature):
                 raise VerificationError(f"advertisement of client {v} has a bad signature")
-        holders = (*neighbours, st.client_id)
-        seeds = tuple(self._entropy(prg.SEED_BYTES) for _ in range(cfg.layout.n_buckets))
+        holders = (*neighbours, me)
+        seeds = tuple(self._entropy(prg.SEED_BYTES) for _ in range(level))
         key_shares = shamir.split(st.mask_key.private, cfg.threshold, holders, self._entropy)
         seed_shares = [shamir.split(s, cfg.threshold, holders, self._entropy) for s in seeds]
+        holds = set(neighbours)
         ciphertexts = {}
-        for v in neighbours:
-            bundle = pack_bundle(st.client_id, v, key_shares[v], tuple(ss[v] for ss in seed_shares))
-            k = kx.share_key(st.enc_key.private, keys[v][0], sid, st.client_id, v)
-            ciphertexts[v] = kx.seal(k, bundle, sid, st.client_id, v, self._entropy)
-        me = st.client_id
+        for v in contacts:
+            if v in holds:
+                bundle = pack_bundle(me, v, key_shares[v], tuple(ss[v] for ss in seed_shares))
+            else:
+                bundle = pack_bundle(me, v, None)
+            k = kx.share_key(st.enc_key.private, keys[v][0], sid, me, v)
+            ciphertexts[v] = kx.seal(k, bundle, sid, me, v, self._entropy)
         held = {me: (key_shares[me], tuple(ss[me] for ss in seed_shares))}
         commitments = tuple(seed_commitment(sid, me, j, s) for j, s in enumerate(seeds))
         self.state = dataclasses.replace(
@@ -189,6 +206,8 @@ class SecAggClient:
             session_id=sid,
             directory=keys,
             neighbours=neighbours,
+            mask_neighbours=graphs.mask_neighbours(me, level),
+            contacts=contacts,
             self_seeds=seeds,
             held=held,
         )
@@ -196,40 +215,55 @@ class SecAggClient:
 
     # Stage 2 -------------------------------------------------------------------------------------------
     def masked_input(self, relay: ShareRelay, vector: np.ndarray) -> MaskedInput:
-        """Store neighbours' shares and upload x + self masks ± pairwise masks (mod 2^32)."""
+        """Store neighbours' shares and upload x + self masks ± pairwise masks (mod 2^32), bucket by bucket.
+
+        ``vector`` is the client's prefix of the layout (``layout.prefix(level)`` words): it uploads only the
+        buckets it trains, each masked with that bucket's cohort.
+        """
         self._expect(Stage.MASKED_INPUT)
         st = self.state
         assert st.enc_key is not None and st.mask_key is not None
         self._check_session(relay.session_id)
-        me, layout = st.client_id, st.config.layout
+        me, cfg = st.client_id, st.config
+        layout, levels = cfg.layout, cfg.level_of
         if relay.recipient != me:
             raise ProtocolViolationError(f"share relay is addressed to {relay.recipient}, not {me}")
         x = np.asarray(vector)
-        if x.dtype != np.uint32 or x.shape != (layout.total,):
-            raise ProtocolViolationError(f"input must be uint32[{layout.total}], got {x.dtype}{list(x.shape)}")
+        words = layout.prefix(levels[me])
+        if x.dtype != np.uint32 or x.shape != (words,):
+            raise ProtocolViolationError(f"input must be uint32[{words}], got {x.dtype}{list(x.shape)}")
         held = dict(st.held)
+        holds = set(st.neighbours)
         for sender, ct in relay.ciphertexts.items():
-            if sender not in st.neighbours:
-                raise ProtocolViolationError(f"share relay carries a bundle from non-neighbour {sender}")
+            if sender not in st.contacts:
+                raise ProtocolViolationError(f"share relay carries a bundle from non-contact {sender}")
             k = kx.share_key(st.enc_key.private, st.directory[sender][0], st.session_id, me, sender)
             try:
                 s_from, s_to, key_share, seed_shares = unpack_bundle(kx.open_sealed(k, ct, st.session_id, sender, me))
             except MalformedMessageError as exc:
                 raise VerificationError(f"bundle from {sender} is malformed: {exc}") from exc
-            if (s_from, s_to) != (sender, me) or len(seed_shares) != layout.n_buckets:
+            expected = levels[sender] if sender in holds else None
+            got = None if key_share is None else len(seed_shares)
+            if (s_from, s_to) != (sender, me) or got != expected:
                 raise VerificationError(f"bundle from {sender} is not addressed as expected")
-            held[sender] = (key_share, seed_shares)
+            if key_share is not None:
+                held[sender] = (key_share, seed_shares)
         peers = tuple(sorted(relay.ciphertexts))
+        arrived = set(peers)
         y = np.array(x, dtype=np.uint32, copy=True)
-        for j, seed in enumerate(st.self_seeds):
-            region = layout.region(j)
-            prg.add_masks(y[region.start : region.stop], plus=[seed])
-        plus: list[bytes] = []
-        minus: list[bytes] = []
+        plus: list[list[bytes]] = [[] for _ in st.mask_neighbours]
+        minus: list[list[bytes]] = [[] for _ in st.mask_neighbours]
         for v in peers:
-            seed = kx.pairwise_seed(st.mask_key.private, st.directory[v][1], st.session_id, me, v)
-            (plus if me < v else minus).append(seed)
-        prg.add_masks(y, plus=plus, minus=minus)
+            buckets = [j for j, group in enumerate(st.mask_neighbours) if v in group]
+            seeds = kx.pairwise_seeds(st.mask_key.private, st.directory[v][1], st.session_id, me, v, buckets)
+            for j, seed in seeds.items():
+                (plus if me < v else minus)[j].append(seed)
+        for j, group in enumerate(st.mask_neighbours):
+            if group and not arrived.intersection(group):
+                # Only the self mask would hide this region, and it is revealed at the end: drop out instead.
+                raise AbortedError(f"no mask neighbour in bucket {j} finished key sharing; not uploading")
+            region = layout.region(j)
+            prg.add_masks(y[region.start : region.stop], plus=[st.self_seeds[j], *plus[j]], minus=minus[j])
         self.state = dataclasses.replace(st, stage=Stage.CONSISTENCY_CHECK, held=held, mask_peers=peers)
         return MaskedInput(me, st.session_id, y)
 
@@ -253,7 +287,7 @@ class SecAggClient:
         unknown = set(survivors) - set(st.directory)
         if unknown:
             raise ProtocolViolationError(f"survivor list names clients that never advertised: {sorted(unknown)}")
-        not_shared = (set(survivors) & set(st.neighbours)) - set(st.mask_peers)
+        not_shared = (set(survivors) & set(st.contacts)) - set(st.mask_peers)
         if not_shared:
             raise ProtocolViolationError(f"survivors {sorted(not_shared)} never shared keys with this client")
         if len(survivors) < st.config.threshold:
@@ -284,7 +318,7 @@ class SecAggClient:
         key_shares: dict[int, bytes] = {}
         for owner, (key_share, seeds) in st.held.items():
             if owner in alive:
-                seed_shares[owner] = tuple(seeds[j] for j in open_buckets)
+                seed_shares[owner] = tuple(seeds[j] for j in open_buckets if j < len(seeds))
             else:
                 key_shares[owner] = key_share
         self.state = dataclasses.replace(st, stage=Stage.COMPLETED)

@@ -37,7 +37,9 @@ class RoundConfig:
     """Everything both sides must agree on before keys are exchanged.
 
     ``clients`` are round-local integer ids (the caller maps them to enrolled devices); ``levels[i]`` is the
-    number of rank buckets client ``clients[i]`` trains. ``context`` binds application state into the session
+    number of rank buckets client ``clients[i]`` trains. ``degree`` and ``threshold`` are the share graph's
+    (every client); ``bucket_degrees[j]`` is the masking graph's degree over bucket j's cohort (the clients of
+    level > j), empty for "``degree`` everywhere". ``context`` binds application state into the session
     (e.g. the hash of the global adapter every client trained on, against model-inconsistency attacks).
     """
 
@@ -49,6 +51,7 @@ class RoundConfig:
     threshold: int
     min_cohort: int
     context: bytes = b""
+    bucket_degrees: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.clients)
@@ -69,8 +72,29 @@ class RoundConfig:
             problems.append(f"min_cohort {self.min_cohort} must be >= threshold {self.threshold}")
         if not 0 <= self.round_id < 2**64:
             problems.append("round_id must fit in 64 bits")
+        problems.extend(self._bucket_degree_problems())
         if problems:
             raise ConfigError("invalid RoundConfig: " + "; ".join(problems))
+
+    def _bucket_degree_problems(self) -> list[str]:
+        if not self.bucket_degrees:
+            return []
+        if len(self.bucket_degrees) != self.layout.n_buckets:
+            return [f"{len(self.bucket_degrees)} bucket degrees for {self.layout.n_buckets} buckets"]
+        problems = []
+        for j, (k, n_j) in enumerate(zip(self.bucket_degrees, self.cohort_sizes, strict=True)):
+            if k < 0 or (k < n_j - 1 and k % 2):
+                problems.append(f"bucket {j} degree must be even (Harary) or >= {n_j - 1} (complete), got {k}")
+        return problems
+
+    @property
+    def cohort_sizes(self) -> tuple[int, ...]:
+        """Clients per bucket: bucket j's cohort is every client of level > j."""
+        return tuple(sum(1 for lv in self.levels if lv > j) for j in range(self.layout.n_buckets))
+
+    def mask_degrees(self) -> tuple[int, ...]:
+        """Each bucket's masking-graph degree (``degree`` for every bucket when none were given)."""
+        return self.bucket_degrees or (self.degree,) * self.layout.n_buckets
 
     @staticmethod
     def create(
@@ -82,10 +106,15 @@ class RoundConfig:
         min_cohort: int | None = None,
         context: bytes = b"",
     ) -> RoundConfig:
-        """A config with (k, t) from the parameter finder; every client trains every bucket by default."""
+        """A config with (k, t) from the parameter finder, for the round and for each bucket's own cohort;
+        every client trains every bucket by default."""
         ids = tuple(sorted(clients))
         params = choose_parameters(len(ids), requirements)
         lv = tuple((levels or {}).get(c, layout.n_buckets) for c in ids)
+        cohorts = [sum(1 for x in lv if x > j) for j in range(layout.n_buckets)]
+        bucket_degrees = tuple(
+            min(choose_parameters(n_j, requirements).degree, n_j - 1) if n_j >= 2 else 0 for n_j in cohorts
+        )
         return RoundConfig(
             round_id=round_id,
             clients=ids,
@@ -95,6 +124,7 @@ class RoundConfig:
             threshold=params.threshold,
             min_cohort=params.threshold if min_cohort is None else min_cohort,
             context=context,
+            bucket_degrees=bucket_degrees,
         )
 
     @property
@@ -104,7 +134,7 @@ class RoundConfig:
     def to_bytes(self) -> bytes:
         w = Writer().raw(PROTOCOL_TAG).u64(self.round_id).ids(self.clients).ids(self.levels)
         w.ids(self.layout.sizes).u32(self.degree).u32(self.threshold).u32(self.min_cohort)
-        return w.blob(self.context).getvalue()
+        return w.blob(self.context).ids(self.bucket_degrees).getvalue()
 
     @staticmethod
     def from_bytes(data: bytes) -> RoundConfig:
@@ -115,8 +145,10 @@ class RoundConfig:
         sizes = r.ids()
         degree, threshold, min_cohort = r.u32(), r.u32(), r.u32()
         context = r.blob(1 << 16)
+        bucket_degrees = r.ids()
         r.done()
-        return RoundConfig(round_id, clients, levels, BucketLayout(sizes), degree, threshold, min_cohort, context)
+        layout = BucketLayout(sizes)
+        return RoundConfig(round_id, clients, levels, layout, degree, threshold, min_cohort, context, bucket_degrees)
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding: what advertisements sign and the session id starts from."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -69,9 +69,22 @@ def _pair_info(label: bytes, a: int, b: int) -> bytes:
     return label + struct.pack("<II", lo, hi)
 
 
-def pairwise_seed(private: bytes, peer_public: bytes, session_id: bytes, me: int, peer: int) -> bytes:
-    """The 32-byte PRG seed shared by ``me`` and ``peer`` in this session."""
-    return hkdf(agree(private, peer_public), session_id, _pair_info(_INFO_PAIRWISE, me, peer))
+def pairwise_seeds(
+    private: bytes, peer_public: bytes, session_id: bytes, me: int, peer: int, buckets: Iterable[int]
+) -> dict[int, bytes]:
+    """The 32-byte PRG seeds ``me`` and ``peer`` share in this session, one per bucket.
+
+    One X25519 agreement per pair and round, expanded per bucket with the bucket index in the HKDF info, so
+    per-bucket cohorts do not multiply key agreement and no two buckets share a mask.
+    """
+    secret = agree(private, peer_public)
+    info = _pair_info(_INFO_PAIRWISE, me, peer)
+    return {j: hkdf(secret, session_id, info + struct.pack("<I", j)) for j in buckets}
+
+
+def pairwise_seed(private: bytes, peer_public: bytes, session_id: bytes, me: int, peer: int, bucket: int = 0) -> bytes:
+    """The seed of one bucket (see :func:`pairwise_seeds`)."""
+    return pairwise_seeds(private, peer_public, session_id, me, peer, (bucket,))[bucket]
 
 
 def share_key(private: bytes, peer_public: bytes, session_id: bytes, me: int, peer: int) -> bytes:

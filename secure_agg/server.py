@@ -6,9 +6,11 @@ dropped: before masked input they are removed from the graph (their neighbours n
 after it, their pairwise masks are removed with their reconstructed masking key. The round aborts, with a
 reason, only when fewer than t clients remain or a needed secret has fewer than t shares.
 
-Masked inputs are summed as they arrive (uint32 adds wrap mod 2^32), so the server holds one vector, not n.
-At the end it re-expands only what it must: the survivors' self masks (one stream each, per unmasked bucket)
-and, for each dropped client, its pairwise masks with surviving neighbours.
+Each client uploads the prefix of regions it trains; bucket j's cohort masks with its own graph
+(:mod:`secure_agg.cohorts`). Masked inputs are summed into one vector as they arrive (uint32 adds wrap mod
+2^32), so the server holds one vector, not n. At the end it re-expands only what it must: each survivor's self
+mask per unmasked bucket it uploaded and, for each dropped client, its pairwise masks with surviving
+neighbours in each unmasked bucket.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from secure_agg import keys as kx
 from secure_agg import prg, shamir
 from secure_agg.buckets import BucketOutcome, BucketStatus, bucket_outcomes
 from secure_agg.client import seed_commitment
+from secure_agg.cohorts import RoundGraphs, contact_map
 from secure_agg.config import RoundConfig, Stage, session_id
 from secure_agg.errors import AbortedError, ProtocolViolationError, ReplayError, VerificationError, WrongStageError
-from secure_agg.graph import HararyGraph
 from secure_agg.identity import Verifier
 from secure_agg.keys import PUBLIC_KEY_BYTES
 from secure_agg.listener import NullListener, StageListener
@@ -51,7 +53,9 @@ class ServerState:
     stage: Stage = Stage.ADVERTISE_KEYS
     adverts: dict[int, AdvertiseKeys] = field(default_factory=dict)
     session_id: bytes = b""
-    neighbours: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    neighbours: dict[int, tuple[int, ...]] = field(default_factory=dict)  # share graph
+    mask_neighbours: tuple[dict[int, tuple[int, ...]], ...] = ()  # per bucket: member -> mask peers
+    contacts: dict[int, tuple[int, ...]] = field(default_factory=dict)  # share and mask neighbours
     commitments: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
     ciphertexts: dict[int, dict[int, bytes]] = field(default_factory=dict)  # sender -> recipient -> bundle
     masked_sum: np.ndarray | None = None
@@ -141,8 +145,17 @@ class SecAggServer:
         self._close(st.config.clients, members)
         keys = {c: (st.adverts[c].enc_public, st.adverts[c].mask_public) for c in members}
         sid = session_id(st.config.digest(), keys)
-        adjacency = HararyGraph.build(members, st.config.degree, sid).adjacency()
-        self.state = dataclasses.replace(st, stage=Stage.SHARE_KEYS, session_id=sid, neighbours=adjacency)
+        cfg = st.config
+        graphs = RoundGraphs.build(members, cfg.level_of, cfg.degree, cfg.mask_degrees(), sid)
+        adjacency, buckets = graphs.shares.adjacency(), graphs.bucket_adjacency()
+        self.state = dataclasses.replace(
+            st,
+            stage=Stage.SHARE_KEYS,
+            session_id=sid,
+            neighbours=adjacency,
+            mask_neighbours=buckets,
+            contacts=contact_map(adjacency, buckets),
+        )
         return KeyDirectory(st.config.digest(), tuple(st.adverts[c] for c in members))
 
     # Stage 1 ---------------------------------------------------------------------------------------------
@@ -154,10 +167,10 @@ class SecAggServer:
             raise ProtocolViolationError(f"client {msg.client_id} did not advertise keys")
         if msg.client_id in st.ciphertexts:
             raise ReplayError(f"client {msg.client_id} already shared keys")
-        if set(msg.ciphertexts) != set(st.neighbours[msg.client_id]):
-            raise ProtocolViolationError(f"client {msg.client_id} must send one bundle per neighbour")
-        if len(msg.seed_commitments) != st.config.layout.n_buckets:
-            raise ProtocolViolationError(f"client {msg.client_id} must commit to one seed per bucket")
+        if set(msg.ciphertexts) != set(st.contacts[msg.client_id]):
+            raise ProtocolViolationError(f"client {msg.client_id} must send one bundle per contact")
+        if len(msg.seed_commitments) != st.config.level_of[msg.client_id]:
+            raise ProtocolViolationError(f"client {msg.client_id} must commit to one seed per bucket it trains")
         st.ciphertexts = {**st.ciphertexts, msg.client_id: dict(msg.ciphertexts)}
         st.commitments = {**st.commitments, msg.client_id: msg.seed_commitments}
 
@@ -168,7 +181,7 @@ class SecAggServer:
         u2 = tuple(sorted(st.ciphertexts))
         self._close(tuple(st.neighbours), u2)
         relays = {
-            r: ShareRelay(r, st.session_id, {s: st.ciphertexts[s][r] for s in st.neighbours[r] if s in st.ciphertexts})
+            r: ShareRelay(r, st.session_id, {s: st.ciphertexts[s][r] for s in st.contacts[r] if s in st.ciphertexts})
             for r in u2
         }
         zero = np.zeros(st.config.layout.total, dtype=np.uint32)
@@ -185,10 +198,12 @@ class SecAggServer:
         if msg.client_id in st.masked_from:
             raise ReplayError(f"client {msg.client_id} already sent its masked input")
         v = msg.vector
-        if v.dtype != np.uint32 or v.shape != (st.config.layout.total,):
-            raise ProtocolViolationError(f"masked input must be uint32[{st.config.layout.total}]")
+        words = st.config.layout.prefix(st.config.level_of[msg.client_id])
+        if v.dtype != np.uint32 or v.shape != (words,):
+            raise ProtocolViolationError(f"masked input of client {msg.client_id} must be uint32[{words}]")
         assert st.masked_sum is not None
-        np.add(st.masked_sum, v, out=st.masked_sum)
+        head = st.masked_sum[:words]
+        np.add(head, v, out=head)
         st.masked_from = (*st.masked_from, msg.client_id)
 
     def close_masked_input(self) -> ConsistencyRequest:
@@ -234,11 +249,11 @@ class SecAggServer:
         if holder in st.responders:
             raise ReplayError(f"client {holder} already sent its unmasking shares")
         alive = set(st.survivors)
-        n_open = sum(1 for o in st.outcomes if o.status == BucketStatus.UNMASKED)
         may_hold = set(st.neighbours[holder]) | {holder}
         for owner, shares in msg.seed_shares.items():
             if owner not in alive or owner not in may_hold:
                 raise ProtocolViolationError(f"client {holder} sent seed shares of {owner}, which it may not")
+            n_open = len(self._open_buckets_of(owner))
             if len(shares) != n_open:
                 raise ProtocolViolationError(f"client {holder} sent {len(shares)} seed shares, expected {n_open}")
         for owner in msg.key_shares:
@@ -253,12 +268,22 @@ class SecAggServer:
         st.seed_shares, st.key_shares = seed, key
         st.responders = (*st.responders, holder)
 
+    def _open_buckets_of(self, cid: int) -> list[int]:
+        """The unmasked buckets this client uploaded (its self-mask seeds the server must reconstruct)."""
+        level = self.state.config.level_of[cid]
+        return [o.index for o in self.state.outcomes if o.status == BucketStatus.UNMASKED and o.index < level]
+
     def _needed(self) -> tuple[list[int], list[int]]:
+        """Survivors whose self masks must be removed, and dropped clients whose pairwise masks must be."""
         st = self.state
         alive = set(st.survivors)
-        dropped = [c for c in sorted(st.ciphertexts) if c not in alive and alive & set(st.neighbours[c])]
-        any_open = any(o.status == BucketStatus.UNMASKED for o in st.outcomes)
-        return (list(st.survivors) if any_open else []), dropped
+        open_buckets = [o.index for o in st.outcomes if o.status == BucketStatus.UNMASKED]
+        dropped = [
+            c
+            for c in sorted(st.ciphertexts)
+            if c not in alive and any(alive.intersection(st.mask_neighbours[j].get(c, ())) for j in open_buckets)
+        ]
+        return [c for c in st.survivors if self._open_buckets_of(c)], dropped
 
     def missing_shares(self) -> dict[int, int]:
         """Client id → shares still missing to reach t (empty when :meth:`finalize` can succeed)."""
@@ -282,31 +307,33 @@ class SecAggServer:
         cfg, layout = st.config, st.config.layout
         open_buckets = [o.index for o in st.outcomes if o.status == BucketStatus.UNMASKED]
         seeds_of, dropped = self._needed()
+        plus: dict[int, list[bytes]] = {j: [] for j in open_buckets}
+        minus: dict[int, list[bytes]] = {j: [] for j in open_buckets}
         try:
-            self_seeds = {
-                c: self._reconstruct_seeds(c, st.seed_shares[c], open_buckets, cfg.threshold) for c in seeds_of
-            }
-            plus: list[bytes] = []
-            minus: list[bytes] = []
+            for c in seeds_of:
+                buckets = self._open_buckets_of(c)
+                own = self._reconstruct_seeds(c, st.seed_shares[c], buckets, cfg.threshold)
+                for j, seed in zip(buckets, own, strict=True):
+                    minus[j].append(seed)
             for d in dropped:
                 sk = shamir.combine(st.key_shares[d], cfg.threshold)
                 if kx.public_from_private(sk) != st.adverts[d].mask_public:
                     raise VerificationError(f"reconstructed masking key of client {d} does not match its advert")
-                for v in st.neighbours[d]:
-                    if v in st.survivors:
-                        seed = kx.pairwise_seed(sk, st.adverts[v].mask_public, st.session_id, d, v)
-                        (minus if v < d else plus).append(seed)
+                alive = set(st.survivors)
+                peers = sorted({v for j in open_buckets for v in st.mask_neighbours[j].get(d, ()) if v in alive})
+                for v in peers:
+                    shared = [j for j in open_buckets if v in st.mask_neighbours[j].get(d, ())]
+                    pair = kx.pairwise_seeds(sk, st.adverts[v].mask_public, st.session_id, d, v, shared)
+                    for j, seed in pair.items():
+                        (minus if v < d else plus)[j].append(seed)
         except (AbortedError, VerificationError) as exc:
             raise self._abort(f"unmask: {exc}") from exc
         assert st.masked_sum is not None
-        total = st.masked_sum.copy()
-        limit = layout.region(open_buckets[-1]).stop if open_buckets else 0
-        prg.add_masks(total[:limit], plus=plus, minus=minus)
         sums: dict[int, np.ndarray] = {}
-        for pos, j in enumerate(open_buckets):
-            region = total[layout.region(j)]
-            prg.add_masks(region, minus=[self_seeds[c][pos] for c in seeds_of])
-            sums[j] = region.copy()
+        for j in open_buckets:
+            region = st.masked_sum[layout.region(j)].copy()
+            prg.add_masks(region, plus=plus[j], minus=minus[j])
+            sums[j] = region
         result = AggregateResult(
             st.session_id, st.survivors, tuple(sorted(set(st.ciphertexts) - set(st.survivors))), st.outcomes, sums
         )

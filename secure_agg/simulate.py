@@ -121,10 +121,17 @@ def simulate_round(
         parse: Callable[[bytes], object],
         handle: Callable[..., None],
     ) -> None:
-        """Deliver one server message to client c and its answer back, unless c has dropped by ``stage``."""
+        """Deliver one server message to client c and its answer back, unless c has dropped by ``stage``.
+
+        A client that gives up on its own (``AbortedError``, e.g. no mask neighbour left in a bucket) drops out.
+        """
         if alive(c, stage):
             down[c] += len(payload)
-            to_server(c, clock.run_client(c, partial(client_fn, c, payload)), parse, handle)
+            try:
+                answer = clock.run_client(c, partial(client_fn, c, payload))
+            except AbortedError:
+                return
+            to_server(c, answer, parse, handle)
 
     def encode_input(c: int) -> np.ndarray:
         item = inputs[c]

@@ -62,14 +62,15 @@ def test_layout_regions_and_rank_edges() -> None:
         BucketLayout.for_rank_edges([1, 2], 3)
 
 
-def test_encode_weighted_zeroes_buckets_above_level() -> None:
+def test_encode_weighted_uploads_only_the_buckets_below_the_level() -> None:
     layout = BucketLayout((3, 2, 4))
     codec = FixedPointCodec(4.0, 2.0, 8)
     out = encode_weighted(np.ones(9), 1.5, 2, layout, codec, np.random.default_rng(0))
-    assert out[layout.region(2)].sum() == 0
+    assert out.shape == (layout.prefix(2),) == (layout.region(1).stop,) == (7,)
     assert out[0] == out[4] == int(1.5 * codec.weight_scale)
     assert np.all(out[1:4].view(np.int32) == int(1.5 * codec.value_scale))
-    assert not encode_weighted(np.ones(9), 1.0, 0, layout, codec).any()
+    assert encode_weighted(np.ones(9), 1.0, 0, layout, codec).shape == (0,)
+    assert encode_weighted(np.ones(9), 1.0, 3, layout, codec).shape == (layout.total,)
     with pytest.raises(ConfigError):
         encode_weighted(np.ones(8), 1.0, 1, layout, codec)
 
@@ -87,7 +88,8 @@ def test_weighted_bucket_sums_match_plain_sums(levels: list[int], weights: list[
     xs = [rng.uniform(-3, 3, layout.dim).astype(np.float32).astype(np.float64) for _ in levels]
     total = np.zeros(layout.total, dtype=np.uint32)
     for x, w, lv in zip(xs, weights, levels, strict=False):
-        total += encode_weighted(x, w, lv, layout, codec, rng)
+        upload = encode_weighted(x, w, lv, layout, codec, rng)
+        total[: upload.shape[0]] += upload
     outcomes = bucket_outcomes(3, dict(enumerate(levels)), range(len(levels)), min_cohort=1)
     sums = decode_sum({j: total[layout.region(j)] for j in range(3)}, outcomes, layout, codec)
     for j, b in enumerate(sums):
