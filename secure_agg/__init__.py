@@ -6,6 +6,7 @@ docs/secure_agg.md for the protocol, the threat model and measured costs.
 
 from __future__ import annotations
 
+from secure_agg.bounds import SumViolation, check_sums, sum_violations
 from secure_agg.buckets import (
     BucketLayout,
     BucketOutcome,
@@ -26,6 +27,7 @@ from secure_agg.errors import (
     ProtocolViolationError,
     ReplayError,
     SecAggError,
+    SumOutOfRangeError,
     VerificationError,
     WrongStageError,
 )
@@ -91,12 +93,15 @@ __all__ = [
     "Signer",
     "Stage",
     "StageListener",
+    "SumOutOfRangeError",
+    "SumViolation",
     "UnmaskRequest",
     "UnmaskResponse",
     "VerificationError",
     "Verifier",
     "WrongStageError",
     "bucket_outcomes",
+    "check_sums",
     "choose_parameters",
     "decode_sum",
     "dumps",
@@ -106,4 +111,5 @@ __all__ = [
     "loads",
     "session_id",
     "simulate_round",
+    "sum_violations",
 ]

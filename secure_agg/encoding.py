@@ -2,9 +2,11 @@
 
 Values are encoded as signed integers in two's complement mod 2^32, so a sum of clients' values decodes by
 reinterpreting the ring sum as int32 — no offsets, no widening to int64 (Flower ships int64, 8 bytes per
-element). The scale is the largest power of two for which ``max_clients`` clipped values cannot overflow
-int32, so the sum never wraps. Stochastic rounding makes every encoded value an unbiased estimate of the
-clipped input; the error of a decoded sum is below ``max_clients / scale`` per element.
+element). The scale is the largest power of two for which ``max_clients`` clipped values stay below
+2^(31 − headroom_bits), so an honest sum never wraps and never reaches the headroom: a decoded sum outside
+the cohort's range can only come from a client that did not encode honestly (see :mod:`secure_agg.bounds`).
+Stochastic rounding makes every encoded value an unbiased estimate of the clipped input; the error of a
+decoded sum is below ``max_clients / scale`` per element.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import numpy as np
 from secure_agg.errors import ConfigError
 
 RING_BITS = 32
+HEADROOM_BITS = 1
 _INT32_MAX = (1 << 31) - 1
 
 
-def _power_of_two_scale(bound: float, max_clients: int) -> float:
-    # Each client contributes at most bound*scale + 1 after rounding; n of them must stay <= INT32_MAX.
-    room = _INT32_MAX / max_clients - 1
+def _power_of_two_scale(bound: float, max_clients: int, headroom_bits: int = HEADROOM_BITS) -> float:
+    # Each client contributes at most bound*scale + 1 after rounding; n of them must stay below the headroom.
+    room = (_INT32_MAX >> headroom_bits) / max_clients - 1
     if room < bound:
         raise ConfigError(f"bound {bound} with {max_clients} clients leaves less than 1 bit of precision")
     return float(2 ** math.floor(math.log2(room / bound)))
@@ -34,11 +37,13 @@ class FixedPointCodec:
 
     ``value_bound`` clips each element of x, ``weight_bound`` clips the weight s; weighted entries s·x are
     bounded by their product. Both scales are powers of two, derived here so client and server always agree.
+    ``headroom_bits`` top bits of the int32 range are never reached by an honest cohort's sum.
     """
 
     value_bound: float = 8.0
     weight_bound: float = 1.0
     max_clients: int = 1024
+    headroom_bits: int = HEADROOM_BITS
 
     def __post_init__(self) -> None:
         problems = []
@@ -48,19 +53,21 @@ class FixedPointCodec:
             problems.append(f"weight_bound must be a positive finite number, got {self.weight_bound}")
         if self.max_clients < 1:
             problems.append(f"max_clients must be >= 1, got {self.max_clients}")
+        if not 0 <= self.headroom_bits <= 8:
+            problems.append(f"headroom_bits must be in [0, 8], got {self.headroom_bits}")
         if problems:
             raise ConfigError("; ".join(problems))
-        _power_of_two_scale(self.value_bound * self.weight_bound, self.max_clients)
+        _power_of_two_scale(self.value_bound * self.weight_bound, self.max_clients, self.headroom_bits)
 
     @property
     def value_scale(self) -> float:
         """Ring units per unit of a weighted value s·x."""
-        return _power_of_two_scale(self.value_bound * self.weight_bound, self.max_clients)
+        return _power_of_two_scale(self.value_bound * self.weight_bound, self.max_clients, self.headroom_bits)
 
     @property
     def weight_scale(self) -> float:
         """Ring units per unit of weight s."""
-        return _power_of_two_scale(self.weight_bound, self.max_clients)
+        return _power_of_two_scale(self.weight_bound, self.max_clients, self.headroom_bits)
 
     def sum_error_bound(self, n_clients: int) -> float:
         """Worst-case absolute error of a decoded Σ s·x per element (stochastic rounding moves < 1 unit)."""

@@ -41,3 +41,12 @@ class AbortedError(SecAggError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SumOutOfRangeError(SecAggError):
+    """A decoded bucket sum that no honest cohort can produce: some client did not encode within the bounds."""
+
+    def __init__(self, reason: str, buckets: tuple[int, ...]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.buckets = buckets

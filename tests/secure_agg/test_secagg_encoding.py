@@ -21,9 +21,10 @@ from secure_agg.errors import ConfigError
 
 def test_scales_are_powers_of_two_that_cannot_overflow() -> None:
     codec = FixedPointCodec(value_bound=8.0, weight_bound=1.0, max_clients=1024)
-    assert codec.value_scale == 2.0**17
+    assert codec.value_scale == 2.0**16  # 2^17 would fit int32; one bit is kept as headroom
     worst = codec.max_clients * (codec.value_bound * codec.value_scale + 1)
-    assert worst <= 2**31 - 1
+    assert worst <= 2**30 - 1
+    assert FixedPointCodec(8.0, 1.0, 1024, headroom_bits=0).value_scale == 2.0**17
     with pytest.raises(ConfigError):
         FixedPointCodec(value_bound=1e9, weight_bound=1e3, max_clients=1000)
 
