@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from secure_agg import (
     BucketLayout,
+    BucketSum,
     FixedPointCodec,
     RoundConfig,
     SumOutOfRangeError,
@@ -28,7 +29,7 @@ def _round(
     values: list[np.ndarray],
     liar: dict[int, np.ndarray],
     codec: FixedPointCodec,
-) -> tuple:
+) -> tuple[BucketSum, ...]:
     n = len(levels)
     cfg = RoundConfig(1, tuple(range(n)), tuple(levels), LAYOUT, n - 1, 2, 2)
     rng = np.random.default_rng(0)
