@@ -116,8 +116,9 @@ class CertificateAuthority:
         if not csr.is_signature_valid:
             raise ValueError("the CSR's signature does not verify: it was not made with the key it carries")
         key = csr.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey):
-            raise ValueError("the CSR must carry an EC public key (P-256)")
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+            found = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+            raise ValueError(f"the CSR must carry a P-256 (secp256r1) EC public key, not {found}")
         return self.sign(key, common_name, role)
 
     def issue(self, common_name: str, role: str, hosts: tuple[str, ...] = ()) -> tuple[bytes, bytes]:

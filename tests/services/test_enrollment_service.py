@@ -6,6 +6,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from services.api.hetlora.v1 import enrollment_pb2 as pb
 from services.api.hetlora.v1 import enrollment_pb2_grpc as rpc
@@ -128,6 +132,26 @@ def test_garbage_csr_with_a_valid_token_is_refused_and_leaves_the_token_usable(p
         grpc.StatusCode.INVALID_ARGUMENT
     )
     assert enroll(pki, enrollment, token).device_id == "watch"
+
+
+def _csr_for(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def test_csr_keys_other_than_p256_are_refused_and_leave_the_token_usable(pki: Path, enrollment) -> None:
+    admin = admin_stub(pki, enrollment.admin_port)
+    token = admin.IssueToken(pb.IssueTokenRequest(device_id="tablet"), timeout=WAIT).token
+    stub = enroll_stub(pki, enrollment.enroll_port)
+    for key in (ec.generate_private_key(ec.SECP384R1()), rsa.generate_private_key(65537, 2048)):
+        request = pb.EnrollRequest(
+            token=token, csr_pem=_csr_for(key), profile=pb.DeviceProfile(memory_mb=2000, gflops=50)
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Enroll(request, timeout=WAIT)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "P-256" in (info.value.details() or "")
+    assert enroll(pki, enrollment, token).device_id == "tablet"
 
 
 def test_oversize_request_is_resource_exhausted(pki: Path, enrollment) -> None:
