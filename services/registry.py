@@ -7,12 +7,14 @@ either the old enrollment or the new one, and a token can never enroll twice (tw
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from trainer.ranks import DeviceProfile
 
 DEVICE_ID = re.compile(r"^[a-z0-9_-]{1,64}$")
 _DUMMY_DIGEST = hashlib.sha256(b"no such token").digest()
+# The longest a registry call waits for the lock, and then for SQLite's file lock: every call is bounded
+# (at most twice this), so an enrollment or admin call never holds its worker for longer (docs/services.md).
+BUSY_TIMEOUT_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -60,9 +65,9 @@ def check_device_id(device_id: str) -> str:
 
 class DeviceRegistry:
     def __init__(self, path: Path | str) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # one writer at a time; SQLite serialises files, this serialises threads
-        with self._lock:
+        with self._locked():
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
@@ -70,12 +75,26 @@ class DeviceRegistry:
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock, waited for at most ``BUSY_TIMEOUT_S``; a busy lock or file is UNAVAILABLE (retry), not a hang."""
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise _busy()
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) and "busy" not in str(e):
+                raise
+            raise _busy() from None
+        finally:
+            self._lock.release()
+
     def issue_token(self, device_id: str, ttl_s: int, now: int) -> tuple[str, int]:
         """A fresh one-time token bound to ``device_id`` (a new device, or one re-enrolling)."""
         check_device_id(device_id)
         token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(24)
         expires = now + ttl_s
-        with self._lock:
+        with self._locked():
             self._db.execute(
                 "INSERT INTO tokens (token_id, device_id, secret_sha256, expires_at) VALUES (?, ?, ?, ?)",
                 (token_id, device_id, hashlib.sha256(secret.encode()).digest(), expires),
@@ -85,7 +104,7 @@ class DeviceRegistry:
     def token_device(self, token: str, now: int) -> str:
         """The device a valid, unused, unexpired token names; raises the catalog's error otherwise."""
         token_id, _, secret = token.partition(".")
-        with self._lock:
+        with self._locked():
             row = self._db.execute(
                 "SELECT device_id, secret_sha256, expires_at, used_at FROM tokens WHERE token_id = ?", (token_id,)
             ).fetchone()
@@ -106,7 +125,7 @@ class DeviceRegistry:
     ) -> None:
         """Spend the token and record the device's certificate, atomically."""
         token_id = token.partition(".")[0]
-        with self._lock:
+        with self._locked():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 spent = self._db.execute(
@@ -129,7 +148,7 @@ class DeviceRegistry:
     def revoke(self, device_id: str, now: int) -> None:
         """Refuse the device's certificate from now on and void its outstanding tokens."""
         check_device_id(device_id)
-        with self._lock:
+        with self._locked():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 found = self._db.execute("UPDATE devices SET revoked = 1 WHERE device_id = ?", (device_id,)).rowcount
@@ -144,7 +163,7 @@ class DeviceRegistry:
                 raise
 
     def get(self, device_id: str) -> DeviceRecord | None:
-        with self._lock:
+        with self._locked():
             row = self._db.execute(
                 "SELECT device_id, rank, memory_mb, gflops, serial, revoked, enrolled_at FROM devices "
                 "WHERE device_id = ?",
@@ -154,7 +173,7 @@ class DeviceRegistry:
 
     def count_by_state(self, now: int) -> dict[str, int]:
         """Devices by state (``active``, ``revoked``) and unspent invitations (``invited``), for monitoring."""
-        with self._lock:
+        with self._locked():
             active, revoked = self._db.execute(
                 "SELECT COALESCE(SUM(revoked = 0), 0), COALESCE(SUM(revoked != 0), 0) FROM devices"
             ).fetchone()
@@ -164,12 +183,16 @@ class DeviceRegistry:
         return {"active": int(active), "revoked": int(revoked), "invited": int(invited)}
 
     def devices(self) -> list[DeviceRecord]:
-        with self._lock:
+        with self._locked():
             rows = self._db.execute(
                 "SELECT device_id, rank, memory_mb, gflops, serial, revoked, enrolled_at FROM devices "
                 "ORDER BY device_id"
             ).fetchall()
         return [_record(r) for r in rows]
+
+
+def _busy() -> errors.ServiceError:
+    return errors.unavailable(f"the device registry stayed busy for {BUSY_TIMEOUT_S:g} s; retry shortly")
 
 
 def _record(row: tuple) -> DeviceRecord:

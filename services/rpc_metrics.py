@@ -6,6 +6,7 @@ look the same on each dashboard panel whatever the service.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -67,7 +68,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
 
 
 class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """``MetricsInterceptor`` for ``grpc.aio`` servers (unary and client-streaming methods)."""
+    """``MetricsInterceptor`` for ``grpc.aio`` servers (unary, client-streaming and server-streaming methods;
+    a server-streaming one may be an async generator or a coroutine writing through ``context.write``)."""
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -82,7 +84,8 @@ class AioMetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler.stream_unary:
             return handler._replace(stream_unary=self._timed(handler.stream_unary, method))
         if handler.unary_stream:
-            return handler._replace(unary_stream=self._timed_stream(handler.unary_stream, method))
+            timed = self._timed if inspect.iscoroutinefunction(handler.unary_stream) else self._timed_stream
+            return handler._replace(unary_stream=timed(handler.unary_stream, method))
         return handler
 
     def _record(self, method: str, context: grpc.aio.ServicerContext, started: float, failed: bool) -> None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from secure_agg import AggregateResult, ConfigError, MalformedMessageError, RoundConfig, Stage, StageListener
 from services import errors
 from services.aggregator.stage_round import StageRound
+from services.deadlines import MAX_POLL_S
 from services.pki import Identity
 
 log = logging.getLogger("hetlora.aggregator")
 MAX_STAGE_TIMEOUT_S = 3600.0
-MAX_WAIT_S = 60.0
+MAX_WAIT_S = MAX_POLL_S  # a long poll's longest wait; its server-side cap is a little longer
 MAX_OPEN_ROUNDS = 64
 # Finished rounds are kept only so a retried GetRoundResult still finds its sums; beyond this many the oldest
 # is forgotten, so memory grows with the rounds in flight, not with the rounds ever run.
@@ -38,6 +39,9 @@ class AggregatorHandler:
         self._rounds: dict[int, tuple[StageRound, dict[str, int]]] = {}
         self._forgotten_up_to = -1  # round ids are increasing: an id at or below a forgotten one is a reuse
         self._lock = threading.Lock()
+        # In-flight uploads (call number -> bytes buffered so far): what stalled peers could hold. Each entry
+        # lives only while its call does; the stream idle timeout (services.deadlines) ends a stalled one.
+        self.uploads: dict[int, int] = {}
 
     def open_round(
         self, caller: Identity, round_id: int, config_bytes: bytes, members: list[Member], timeout_s: float

@@ -10,6 +10,7 @@ from services.aggregator.handler import AggregatorHandler
 from services.aggregator.servicer import AggregatorServicer
 from services.aio_transport import AioServer
 from services.api.hetlora.v1 import aggregator_pb2 as pb
+from services.deadlines import Deadlines
 from services.metrics import PrometheusStageListener, record_certificate
 from services.transport import MAX_MESSAGE_BYTES, TlsFiles
 
@@ -27,12 +28,24 @@ class RunningAggregator:
         self.server.stop(grace)
 
 
-def start(pki: Path | None, host: str, port: int, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> RunningAggregator:
-    """``pki=None`` serves plaintext (``--insecure``): then no caller has an identity and every call is refused."""
+def start(
+    pki: Path | None,
+    host: str,
+    port: int,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    deadlines: Deadlines | None = None,
+) -> RunningAggregator:
+    """``pki=None`` serves plaintext (``--insecure``): then no caller has an identity and every call is refused.
+    ``deadlines``: server-side caps and the upload idle timeout (default: ``services.deadlines``)."""
     handler = AggregatorHandler(max_upload_bytes, PrometheusStageListener())
     # Results carry whole bucket sums to the orchestrator: allow large responses, keep requests chunked.
     # grpc.aio: a device waiting for its next stage holds no thread, however many wait.
-    server = AioServer(max_message_bytes=MAX_MESSAGE_BYTES, max_send_bytes=max_upload_bytes, service="aggregator")
+    server = AioServer(
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        max_send_bytes=max_upload_bytes,
+        service="aggregator",
+        deadlines=deadlines,
+    )
     server.add_servicer(pb.DESCRIPTOR.services_by_name["AggregatorService"], AggregatorServicer(handler))
     tls = TlsFiles.load(pki, "service") if pki else None
     if tls is not None:

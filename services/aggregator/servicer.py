@@ -8,6 +8,7 @@ they never stall the event loop for the devices that are waiting.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import grpc
@@ -20,6 +21,7 @@ from services.api.hetlora.v1 import aggregator_pb2 as pb
 from services.api.hetlora.v1 import aggregator_pb2_grpc as rpc
 from services.auth import peer_identity
 from services.errors import aio_grpc_errors
+from services.pki import Identity
 
 STAGE_FROM_WIRE: dict[pb.Stage.ValueType, Stage] = {
     pb.STAGE_ADVERTISE_KEYS: Stage.ADVERTISE_KEYS,
@@ -40,6 +42,7 @@ def _stage(value: pb.Stage.ValueType) -> Stage:
 class AggregatorServicer(rpc.AggregatorServiceServicer):
     def __init__(self, handler: AggregatorHandler) -> None:
         self.handler = handler
+        self._calls = itertools.count()
 
     @aio_grpc_errors
     async def OpenRound(self, request: pb.OpenRoundRequest, context: grpc.aio.ServicerContext) -> pb.OpenRoundResponse:
@@ -89,20 +92,34 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
         self, request: AsyncIterator[pb.SubmitStageRequest], context: grpc.aio.ServicerContext
     ) -> pb.SubmitStageResponse:
         caller = peer_identity(context)
+        round_id, stage, payload = await self._received(caller, request)
+        await asyncio.to_thread(self.handler.submit, caller, round_id, stage, payload)
+        return pb.SubmitStageResponse(received_bytes=len(payload))
+
+    async def _received(
+        self, caller: Identity, request: AsyncIterator[pb.SubmitStageRequest]
+    ) -> tuple[int, Stage, bytes]:
+        """One upload's chunks, joined. While they arrive the buffer is counted in ``handler.uploads``; it goes
+        with the call however the call ends (a stream idle past its timeout ends inside the ``async for``)."""
         parts: list[bytes] = []
-        size, key = 0, None
-        async for chunk in request:
+        size, key, call = 0, None, next(self._calls)
+        try:
+            async for chunk in request:
+                if key is None:
+                    key = (chunk.round_id, chunk.stage)
+                    _stage(chunk.stage)
+                    self.handler.admit(caller, chunk.round_id)  # a non-member's upload costs no buffer
+                elif key != (chunk.round_id, chunk.stage):
+                    raise errors.invalid(
+                        "round_id/stage", "every chunk of one upload must name the same round and stage"
+                    )
+                size += len(chunk.chunk)
+                if size > self.handler.max_message_bytes:
+                    raise errors.exhausted(f"upload exceeds {self.handler.max_message_bytes} bytes")
+                parts.append(chunk.chunk)
+                self.handler.uploads[call] = size
             if key is None:
-                key = (chunk.round_id, chunk.stage)
-                _stage(chunk.stage)
-                self.handler.admit(caller, chunk.round_id)  # a non-member's upload costs no buffer
-            elif key != (chunk.round_id, chunk.stage):
-                raise errors.invalid("round_id/stage", "every chunk of one upload must name the same round and stage")
-            size += len(chunk.chunk)
-            if size > self.handler.max_message_bytes:
-                raise errors.exhausted(f"upload exceeds {self.handler.max_message_bytes} bytes")
-            parts.append(chunk.chunk)
-        if key is None:
-            raise errors.invalid("chunk", "empty upload: send at least one chunk")
-        await asyncio.to_thread(self.handler.submit, caller, key[0], _stage(key[1]), b"".join(parts))
-        return pb.SubmitStageResponse(received_bytes=size)
+                raise errors.invalid("chunk", "empty upload: send at least one chunk")
+            return key[0], _stage(key[1]), b"".join(parts)
+        finally:
+            self.handler.uploads.pop(call, None)

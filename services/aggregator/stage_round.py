@@ -8,6 +8,7 @@ protocol message to the authenticated device that sent it. Transport-free: the s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -87,9 +88,20 @@ class StageRound:
         """``message_for`` for an asyncio handler: the wait holds no thread."""
         with self._cond:
             poll, ready = self._wait_registered(client, stage)
-        await self._wake.wait_for(ready, wait_s)
+        try:
+            await self._wake.wait_for(ready, wait_s)
+        except asyncio.CancelledError:  # the client cancelled, or the call hit its server-side cap
+            with self._cond:
+                self._drop_wait(client, poll)
+            raise
         with self._cond:
             return self._message(client, stage, poll)
+
+    def _drop_wait(self, client: int, poll: int) -> None:
+        """Forget a cancelled wait at once (condition held), unless a newer one of the client replaced it."""
+        if self._waiting.get(client) == poll:
+            del self._waiting[client]
+            self._wake.notify_all()
 
     def _wait_registered(self, client: int, stage: Stage) -> tuple[int, Callable[[], bool]]:
         """Register ``client``'s wait (one per client: a newer one replaces the older, which returns at once);

@@ -7,6 +7,7 @@ the aggregator for the unmasked bucket sums. Nothing here ever holds one device'
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
@@ -149,9 +150,22 @@ class Coordinator:
     async def check_in_async(self, device_id: str, signing_key: bytes, wait_s: float) -> Assignment:
         """``check_in`` for an asyncio handler: a waiting device is a registered waker, not a thread."""
         poll = self._register(device_id, signing_key)
-        await self._wake.wait_for(self._answerable(device_id, poll), wait_s)
+        try:
+            await self._wake.wait_for(self._answerable(device_id, poll), wait_s)
+        except asyncio.CancelledError:  # the device cancelled, or the call hit its server-side cap
+            with self._cond:
+                self._drop_poll(device_id, poll)
+            raise
         with self._cond:
             return self._hand_out(device_id, poll)
+
+    def _drop_poll(self, device_id: str, poll: int) -> None:
+        """Forget a cancelled poll at once (condition held), unless a newer one of the device replaced it.
+
+        A task assigned meanwhile stays assigned: the device's next check-in receives it."""
+        if self._polls.get(device_id) == poll:
+            del self._polls[device_id]
+            self._wake.notify_all()
 
     def _register(self, device_id: str, signing_key: bytes) -> int:
         """Validate a check-in and mark the device available; returns the number of its (one) outstanding poll."""

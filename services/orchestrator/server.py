@@ -12,6 +12,7 @@ from services.aggregator.client import open_round, round_sums
 from services.aio_transport import AioServer
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
+from services.deadlines import Deadlines
 from services.metrics import PrometheusRoundListener, record_certificate
 from services.orchestrator.coordinator import Coordinator, RoundSettings
 from services.orchestrator.evaluation import VersionEvaluator
@@ -80,10 +81,12 @@ def start(
     host: str,
     port: int,
     score: Callable[[GlobalAdapter], float] | None = None,
+    deadlines: Deadlines | None = None,
 ) -> RunningOrchestrator:
     """Resumes from the newest committed version in ``store_dir`` (a crash never loses a committed one).
 
     ``score`` (held-out loss of an adapter) turns on scoring every committed version for monitoring.
+    ``deadlines``: server-side caps and the task-download idle timeout (default: ``services.deadlines``).
     """
     strategy = make_strategy(cfg.strategy.name, strategy_config(cfg.strategy))
     initial = strategy.initial(shapes, derive_seed(cfg.seed, "init"))
@@ -152,7 +155,7 @@ def start(
         cfg.base_model_fingerprint,
     )
     # grpc.aio: a device waiting for a task holds no thread, however many wait.
-    server = AioServer(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, service="orchestrator")
+    server = AioServer(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES, service="orchestrator", deadlines=deadlines)
     server.add_servicer(
         pb.DESCRIPTOR.services_by_name["OrchestratorService"], OrchestratorServicer(coordinator, registry, template)
     )

@@ -16,6 +16,7 @@ from services import errors
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.auth import peer_identity, require_device
+from services.deadlines import MAX_POLL_S
 from services.errors import BASE_MODEL_MISMATCH, aio_grpc_errors
 from services.metrics import DEVICES_UNAVAILABLE, DOWNLOAD_BYTES
 from services.orchestrator.coordinator import Coordinator
@@ -24,7 +25,7 @@ from services.privacy_settings import spend_from
 from services.registry import DeviceRegistry
 from trainer.device import Report
 
-MAX_WAIT_S = 60.0
+MAX_WAIT_S = MAX_POLL_S  # a long poll's longest wait; its server-side cap is a little longer
 MAX_DETAIL_CHARS = 1000
 REASONS = {pb.UNAVAILABLE_REASON_BAD_DATA: "bad_data", pb.UNAVAILABLE_REASON_BASE_MODEL: "base_model"}
 log = logging.getLogger("hetlora.orchestrator")
