@@ -68,6 +68,12 @@ UPLOAD_BYTES = Counter("hetlora_upload_bytes_total", "Bytes of updates devices d
 DOWNLOAD_BYTES = Counter(
     "hetlora_download_bytes_total", "Bytes of global factors streamed to devices in tasks", registry=None
 )
+REPORTS_REFUSED = Counter(
+    "hetlora_reports_refused_total",
+    "Training reports refused because an honest device could not have sent them, by field",
+    ["field"],
+    registry=None,
+)
 DEVICES_UNAVAILABLE = Counter(
     "hetlora_devices_unavailable_total",
     "Devices turned away or reporting they cannot train, by reason (base_model, bad_data)",
@@ -119,6 +125,7 @@ OWNED: dict[str, tuple[Collector, ...]] = {
         UPLOAD_BYTES,
         DOWNLOAD_BYTES,
         DEVICES_UNAVAILABLE,
+        REPORTS_REFUSED,
     ),
     "aggregator": (
         STAGES,
@@ -226,7 +233,9 @@ class PrometheusRoundListener:
             PARTICIPANT_RANK.observe(rank)
 
     def round_finished(self, summary: RoundSummary) -> None:
-        ROUNDS.labels("committed" if summary.committed else "failed").inc()
+        ROUNDS.labels("committed" if summary.committed else "rejected" if summary.rejected else "failed").inc()
+        for field_name, count in summary.refused_reports:
+            REPORTS_REFUSED.labels(field_name).inc(count)
         ROUND_IN_PROGRESS.set(0)
         if summary.committed:
             LAST_COMMIT.set_to_current_time()

@@ -145,6 +145,12 @@ class DeviceRegistry:
                 self._db.execute("ROLLBACK")
                 raise
 
+    def revoked_devices(self) -> frozenset[str]:
+        """Every revoked device id, in one read (the orchestrator filters each cohort by it)."""
+        with self._locked():
+            rows = self._db.execute("SELECT device_id FROM devices WHERE revoked != 0").fetchall()
+        return frozenset(r[0] for r in rows)
+
     def revoke(self, device_id: str, now: int) -> None:
         """Refuse the device's certificate from now on and void its outstanding tokens."""
         check_device_id(device_id)

@@ -53,3 +53,9 @@ def round_sums(
     )
     ring = {b.index: np.frombuffer(b.ring_sum, dtype="<u4").astype(np.uint32) for b in reply.buckets if b.ring_sum}
     return decode_sum(ring, outcomes, config.layout, codec), tuple(reply.survivors)
+
+
+def exclude_members(stub: rpc.AggregatorServiceStub, round_id: int, clients: list[int], why: str) -> tuple[int, ...]:
+    """Put members out of a running round; returns the ones whose masked input was already summed."""
+    request = pb.ExcludeMembersRequest(round_id=round_id, client_ids=clients, reason=why[:200])
+    return tuple(stub.ExcludeMembers(request, timeout=10).already_summed)

@@ -20,6 +20,7 @@ log = logging.getLogger("hetlora.aggregator")
 MAX_STAGE_TIMEOUT_S = 3600.0
 MAX_WAIT_S = MAX_POLL_S  # a long poll's longest wait; its server-side cap is a little longer
 MAX_OPEN_ROUNDS = 64
+MAX_REASON_CHARS = 200
 # Finished rounds are kept only so a retried GetRoundResult still finds its sums; beyond this many the oldest
 # is forgotten, so memory grows with the rounds in flight, not with the rounds ever run.
 KEEP_FINISHED_ROUNDS = 8
@@ -105,6 +106,19 @@ class AggregatorHandler:
     def submit(self, caller: Identity, round_id: int, stage: Stage, payload: bytes) -> None:
         run, client = self._member(caller, round_id)
         run.submit(client, stage, payload)
+
+    def exclude(self, caller: Identity, round_id: int, clients: list[int], why: str) -> tuple[int, ...]:
+        """The orchestrator puts members out of a running round; returns those already in the sum."""
+        _require_service(caller)
+        run, _ = self._round(round_id)
+        unknown = sorted(set(clients) - set(run.config.clients))
+        if not clients or unknown:
+            raise errors.invalid("client_ids", f"must name members of round {round_id}; unknown: {unknown[:10]}")
+        if len(why) > MAX_REASON_CHARS:
+            raise errors.invalid("reason", f"at most {MAX_REASON_CHARS} characters")
+        summed = run.exclude(clients, why)
+        log.warning("round_id=%d: clients %s put out of the round (%s)", round_id, sorted(clients), why)
+        return summed
 
     def admit(self, caller: Identity, round_id: int) -> None:
         """Refuse an upload from a non-member on its first chunk, before any of it is buffered."""

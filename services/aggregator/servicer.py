@@ -96,6 +96,15 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
         await asyncio.to_thread(self.handler.submit, caller, round_id, stage, payload)
         return pb.SubmitStageResponse(received_bytes=len(payload))
 
+    @aio_grpc_errors
+    async def ExcludeMembers(
+        self, request: pb.ExcludeMembersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExcludeMembersResponse:
+        summed = self.handler.exclude(
+            peer_identity(context), request.round_id, list(request.client_ids), request.reason
+        )
+        return pb.ExcludeMembersResponse(already_summed=summed)
+
     async def _received(
         self, caller: Identity, request: AsyncIterator[pb.SubmitStageRequest]
     ) -> tuple[int, Stage, bytes]:

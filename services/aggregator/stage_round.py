@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from secure_agg import (
@@ -67,6 +67,7 @@ class StageRound:
         self._expected: dict[Stage, frozenset[int]] = {Stage.ADVERTISE_KEYS: frozenset(config.clients)}
         self._arrived: set[int] = set()
         self._waiting: dict[int, int] = {}  # client -> number of its one waiting message_for call
+        self._excluded: dict[int, str] = {}  # client -> why the orchestrator put it out of the round
         self._deadline = clock() + stage_timeout_s
         self.result: AggregateResult | None = None
         self.abort_reason: str | None = None
@@ -109,13 +110,19 @@ class StageRound:
         index = STAGES.index(stage)
         poll = self._waiting[client] = self._waiting.get(client, 0) + 1
         self._wake.notify_all()
-        return poll, lambda: self._stage >= index or self.finished or self._waiting.get(client) != poll
+        return (
+            poll,
+            lambda: (
+                self._stage >= index or self.finished or self._waiting.get(client) != poll or client in self._excluded
+            ),
+        )
 
     def _message(self, client: int, stage: Stage, poll: int) -> bytes:
         """After a wait (condition held): the message, or why there is none."""
         if self._waiting.get(client) != poll:
             raise errors.not_yet(f"superseded by a newer wait for {stage} from this client")
         del self._waiting[client]
+        self._refuse_excluded(client)
         if self.abort_reason is not None:
             raise errors.aborted(f"secure aggregation round aborted: {self.abort_reason}")
         if stage not in self._outgoing:
@@ -130,6 +137,7 @@ class StageRound:
         with self._cond:
             if self.finished:
                 raise errors.aborted(f"round already {'completed' if self.result else 'aborted'}")
+            self._refuse_excluded(client)
             current = STAGES[self._stage]
             if stage != current:
                 raise errors.precondition(f"stage {stage} is not open (the round is at {current})")
@@ -148,8 +156,27 @@ class StageRound:
             except SecAggError as e:
                 raise errors.denied(f"{stage} message refused: {e}") from None
             self._arrived.add(client)
-            if self._arrived >= self._expected[stage]:
+            if self._stage_complete(stage):
                 self._wake.notify_all()
+
+    def exclude(self, clients: Iterable[int], why: str) -> tuple[int, ...]:
+        """Put members out of the round: refused from now on, dropouts from the next stage close.
+
+        Returns the ones whose masked input is already in the sum: nothing can take it out again."""
+        with self._cond:
+            for c in clients:
+                self._excluded.setdefault(c, why)
+            summed = set(self._server.state.masked_from)
+            self._wake.notify_all()  # their waits end now, and a stage no longer waits for them
+            return tuple(sorted(c for c in clients if c in summed))
+
+    def _refuse_excluded(self, client: int) -> None:
+        if client in self._excluded:
+            raise errors.denied(f"client {client} is out of this round: {self._excluded[client]}")
+
+    def _stage_complete(self, stage: Stage) -> bool:
+        """Everyone expected in ``stage`` has answered, except members put out of the round."""
+        return self._arrived >= self._expected[stage] - self._excluded.keys()
 
     def abort(self, reason: str) -> None:
         with self._cond:
@@ -168,14 +195,14 @@ class StageRound:
     def _drive(self) -> None:
         for index, stage in enumerate(STAGES):
             with self._cond:
-                while not (self.finished or self._arrived >= self._expected[stage]):
+                while not (self.finished or self._stage_complete(stage)):
                     left = self._deadline - self._clock()
                     if left <= 0:
                         break  # the stage closes without the devices that did not answer in time
                     self._cond.wait(timeout=left)
                 if self.finished:
                     return
-                missing = sorted(self._expected[stage] - self._arrived)
+                missing = sorted(self._expected[stage] - self._arrived - self._excluded.keys())
                 if missing:
                     log.info(
                         "round_id=%d %s: closed on its deadline without clients %s",

@@ -200,6 +200,19 @@ class DeviceAgent:
             vector = encode_dense(report.contribution, shapes, secure)
         else:
             vector = encode_factors(report.contribution, shapes, edges, secure)
+        # Report first: the orchestrator checks the report against the task and can still put the device out of
+        # the secure round (a dropout, its masks removed) before its masked input is summed.
+        self._report(
+            pb.ReportTrainingRequest(
+                round_id=header.round_id,
+                rank_before=report.rank_before,
+                rank_after=report.rank,
+                train_loss=report.train_loss,
+                num_examples=report.num_examples,
+                upload_floats=report.upload_floats,
+                example_privacy=spend_message(report.example_privacy) if report.example_privacy else None,
+            ),
+        )
         codec = FixedPointCodec(sa.value_bound, 1.0, sa.max_clients)
         stub = self.aggregator_for(sa.aggregator_target)
         try:
@@ -215,18 +228,6 @@ class DeviceAgent:
             )
         except LeftRoundError:
             wire = None
-        if wire is not None:
-            self._report(
-                pb.ReportTrainingRequest(
-                    round_id=header.round_id,
-                    rank_before=report.rank_before,
-                    rank_after=report.rank,
-                    train_loss=report.train_loss,
-                    num_examples=report.num_examples,
-                    upload_floats=report.upload_floats,
-                    example_privacy=spend_message(report.example_privacy) if report.example_privacy else None,
-                ),
-            )
         return RoundDone(header.round_id, report.rank_before, report.rank, report.train_loss, wire)
 
     def _privacy(self, header: pb.TaskHeader) -> DevicePrivacy:
@@ -260,8 +261,8 @@ class DeviceAgent:
         report_unavailable(self.orchestrator, reason, detail)
 
     def _report(self, request: pb.ReportTrainingRequest) -> None:
-        """Plain metadata after the masked upload; a round the orchestrator no longer runs (it restarted) is
-        not an error for the device: its masked update is in the aggregator's sum or in nobody's."""
+        """Plain metadata before the masked upload; a round the orchestrator no longer runs (it restarted) is
+        not an error for the device: its masked update goes into the aggregator's sum or into nobody's."""
         try:
             self.orchestrator.ReportTraining(request, timeout=30)
         except grpc.RpcError as e:

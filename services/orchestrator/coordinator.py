@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 import grpc
 import numpy as np
 
-from secure_agg import FixedPointCodec, RoundConfig, SecAggError, SecAggRequirements
+from secure_agg import FixedPointCodec, RoundConfig, SecAggError, SecAggRequirements, SumOutOfRangeError, check_sums
 from services import errors
 from services.orchestrator.listeners import RoundListener, RoundListeners, RoundSummary
+from services.orchestrator.report_check import ReportLimits, check_report
+from services.orchestrator.round_guard import RoundGuard
 from services.orchestrator.task_codec import factors_to_bytes
 from services.secure_sum import (
     DENSE_EDGES,
@@ -57,6 +59,22 @@ class RoundSettings:
     attempts_per_round: int = 4  # a round whose secure aggregation fails is re-run (backoff 2, 4, 8 s)
     requirements: SecAggRequirements = field(default_factory=lambda: SecAggRequirements(0.05, 0.2))
     secure: SecureSumConfig = field(default_factory=SecureSumConfig)
+
+
+@dataclass(frozen=True)
+class DeviceTrust:
+    """How far the coordinator trusts what devices say: revocation is re-read at every step, reports are checked.
+
+    ``revoked(device)`` reads the registry: the orchestrator's servicer checks it when a call starts, but a
+    long poll or a round outlives that check. ``revoked_now()`` lists every revoked device. ``exclude(round_id,
+    client_ids, why)`` tells the aggregator to treat those members as dropouts from now on, and returns the
+    ones whose masked input it had already summed.
+    """
+
+    revoked: Callable[[str], bool] = lambda device: False
+    revoked_now: Callable[[], frozenset[str]] = frozenset
+    exclude: Callable[[int, list[int], str], tuple[int, ...]] = lambda round_id, clients, why: ()
+    limits: ReportLimits = field(default_factory=ReportLimits)
 
 
 @dataclass(frozen=True)
@@ -100,8 +118,10 @@ class Coordinator:
         clock: Callable[[], float] = time.monotonic,
         first_round: int = 1,
         listener: RoundListener | None = None,
+        trust: DeviceTrust | None = None,
     ) -> None:
         self.listener: RoundListener = listener or RoundListeners()
+        self.trust = trust or DeviceTrust()
         self.engine, self.shapes, self.settings = engine, shapes, settings
         self._device_rank, self._open, self._sums, self._clock = device_rank, open_secure_round, secure_sums, clock
         self._cond = threading.Condition()
@@ -110,6 +130,10 @@ class Coordinator:
         self._assigned: dict[str, Assignment] = {}
         self._polls: dict[str, int] = {}  # device -> number of its outstanding poll (one per device)
         self._reports: dict[str, Report] = {}
+        self._refused: dict[str, int] = {}  # field -> reports refused for it in the running round
+        self._round_ranks: dict[str, int] = {}  # the running round's cohort and the ranks it was assigned
+        self._blocked: dict[int, set[str]] = {}  # round index -> devices its re-runs leave out
+        self.guard = RoundGuard(self.trust.revoked_now, self.trust.exclude)
         self._current: RoundRecord | None = None
         # Bounded: memory grows with the cohort, not with the rounds run (the store keeps every version).
         self.history: deque[RoundRecord] = deque(maxlen=HISTORY_ROUNDS)
@@ -129,6 +153,7 @@ class Coordinator:
         with self._cond:
             self._wake.notify_all()
         self._thread.join(timeout=30)
+        self.guard.close()
 
     def join(self, timeout_s: float) -> bool:
         """Wait (bounded) for every round to finish; True when they did."""
@@ -201,7 +226,12 @@ class Coordinator:
             raise errors.not_yet("superseded by a newer check-in from this device")
         del self._polls[device_id]
         if device_id in self._assigned:
-            return self._assigned.pop(device_id)
+            assignment = self._assigned.pop(device_id)
+            if self.guard.excluded(device_id) or self.trust.revoked(device_id):
+                # Revoked while its poll waited: no task, and out of the round.
+                self.guard.exclude(device_id, "revoked")
+                raise errors.device_revoked(device_id)
+            return assignment
         if self.refusal is not None:
             raise errors.precondition(f"rounds are finished early: {self.refusal}")
         if self._stop.is_set():
@@ -215,8 +245,18 @@ class Coordinator:
                 raise errors.precondition(f"round {round_id} is not running with {device_id!r} in its cohort")
             if device_id in self._reports:
                 raise errors.already(f"{device_id!r} already reported for round {round_id}")
-            if not 1 <= report.rank <= report.rank_before:
-                raise errors.invalid("rank_after", f"must be in [1, rank_before={report.rank_before}]")
+            why = self.guard.excluded(device_id)
+            if why is not None:
+                raise errors.precondition(f"{device_id!r} is out of round {round_id}: {why}")
+            dense = self.engine.strategy.dense_upload
+            try:
+                check_report(report, self._round_ranks[device_id], self.shapes, dense, self.trust.limits)
+            except errors.ServiceError as e:
+                field_name = e.message.split(":", 1)[0]
+                log.warning("round_id=%d device=%s: report refused, out of the round: %s", round_id, device_id, e)
+                self._refused[field_name] = self._refused.get(field_name, 0) + 1
+                self.guard.exclude(device_id, f"report refused ({field_name})")
+                raise
             self._reports[device_id] = report
             self._wake.notify_all()
 
@@ -227,9 +267,16 @@ class Coordinator:
             self.unavailable_devices[device_id] = why
 
     # round loop ----------------------------------------------------------------------------------------
-    def _available(self) -> list[str]:
+    def _present(self) -> list[str]:
+        """Devices that polled lately and are not left out of the next attempt (cheap: no registry read)."""
         now = self._clock()
-        return sorted(d for d, (t, _) in self._seen.items() if now - t <= self.settings.presence_s)
+        blocked = self._blocked.get(self._index, set())
+        return sorted(d for d, (t, _) in self._seen.items() if now - t <= self.settings.presence_s and d not in blocked)
+
+    def _available(self) -> list[str]:
+        """The present devices that are not revoked: what a cohort is sampled from (one registry read)."""
+        revoked = self.trust.revoked_now()
+        return [d for d in self._present() if d not in revoked]
 
     def _run(self) -> None:
         s = self.settings
@@ -237,7 +284,7 @@ class Coordinator:
             index = self._index
             with self._cond:
                 end = self._clock() + s.checkin_window_s
-                while len(self._available()) < max(s.per_round, s.min_devices) and not self._stop.is_set():
+                while len(self._present()) < max(s.per_round, s.min_devices) and not self._stop.is_set():
                     left = end - self._clock()
                     if left <= 0:
                         break
@@ -264,6 +311,7 @@ class Coordinator:
             attempts = sum(r.round_index == index for r in self.history)
             if committed or attempts >= s.attempts_per_round:
                 self._index = index + 1
+                self._blocked.pop(index, None)
             else:  # re-run the round with a fresh cohort and a new secure round, after backing off
                 self._stop.wait(min(30.0, 2.0**attempts))
 
@@ -292,8 +340,10 @@ class Coordinator:
         except grpc.RpcError as e:
             self._finish_empty(record, plan, cohort, f"could not open the secure round: {e.code().name}: {e.details()}")
             return False
+        self.guard.begin(round_id, ids)
         with self._cond:
-            self._current, self._reports = record, {}
+            self._current, self._reports, self._refused = record, {}, {}
+            self._round_ranks = dict(plan.ranks)
             for d in cohort:
                 t = tasks[d]
                 self._assigned[d] = Assignment(
@@ -315,6 +365,11 @@ class Coordinator:
         codec = FixedPointCodec(s.secure.value_bound, 1.0, len(cohort))
         try:
             sums, survivors = self._sums(config, codec, s.round_deadline_s)
+            check_sums(sums, codec)
+        except SumOutOfRangeError as e:
+            log.error("round %d (id %d): %s; not committed, the round is re-run", index, round_id, e)
+            self._finish_empty(record, plan, cohort, f"rejected: {e}", rejected="sum_out_of_range")
+            return False
         except (SecAggError, TimeoutError, errors.ServiceError) as e:
             self._finish_empty(record, plan, cohort, f"secure aggregation failed: {e}")
             return False
@@ -322,6 +377,14 @@ class Coordinator:
             self._finish_empty(record, plan, cohort, f"secure aggregation failed: {e.code().name}: {e.details()}")
             return False
         survived = {cohort[i] for i in survivors}
+        excluded, tainted = self.guard.end()
+        tainted |= survived & set(excluded)
+        if tainted:
+            who = ", ".join(f"{d} ({excluded.get(d, 'excluded')})" for d in sorted(tainted))
+            log.error("round %d (id %d): sums include devices put out of the round: %s; re-run", index, round_id, who)
+            self._blocked.setdefault(index, set()).update(excluded, tainted)
+            self._finish_empty(record, plan, cohort, f"rejected: sums include {who}", rejected="excluded_device")
+            return False
         with self._cond:
             end = self._clock() + s.report_grace_s
             while not survived <= set(self._reports) and self._clock() < end:
@@ -331,6 +394,7 @@ class Coordinator:
                 for d in sorted(survived)
             ]
             self._current = None
+            refused = tuple(sorted(self._refused.items()))
         if dense:
             products, product_weight = decode_dense(sums, self.shapes)
             component = AggregateSums({}, products, product_weight, len(survived))
@@ -349,7 +413,15 @@ class Coordinator:
         after = [r.rank for r in reports]
         self.listener.round_finished(
             RoundSummary(
-                True, outcome.version, len(survived), len(dropped), record.wall_s, tuple(after), upload, outcome.extra
+                True,
+                outcome.version,
+                len(survived),
+                len(dropped),
+                record.wall_s,
+                tuple(after),
+                upload,
+                outcome.extra,
+                refused_reports=refused,
             )
         )
         log.info(
@@ -361,13 +433,20 @@ class Coordinator:
         )
         return True
 
-    def _finish_empty(self, record: RoundRecord, plan: RoundPlan, cohort: list[str], why: str) -> None:
+    def _finish_empty(
+        self, record: RoundRecord, plan: RoundPlan, cohort: list[str], why: str, rejected: str = ""
+    ) -> None:
+        """End an attempt without committing; devices put out of it are left out of the round's re-runs."""
+        excluded, tainted = self.guard.end()
+        self._blocked.setdefault(record.round_index, set()).update(excluded, tainted)
         with self._cond:
             self._current = None
             for d in cohort:
                 self._assigned.pop(d, None)
+            refused = tuple(sorted(self._refused.items()))
         outcome = self.engine.finish(plan, [], cohort)
         self.outcomes.append(outcome)
-        record.state, record.dropped, record.detail = "failed", tuple(cohort), why
-        self.listener.round_finished(RoundSummary(False, outcome.version, dropped=len(cohort)))
+        record.state, record.dropped, record.detail = "rejected" if rejected else "failed", tuple(cohort), why
+        summary = RoundSummary(False, outcome.version, dropped=len(cohort), rejected=rejected, refused_reports=refused)
+        self.listener.round_finished(summary)
         log.warning("round %d failed, version %d kept: %s", record.round_index, outcome.version, why)

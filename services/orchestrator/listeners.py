@@ -27,6 +27,8 @@ class RoundSummary:
     ranks_after: tuple[int, ...] = ()  # each reporting device's rank after self-pruning
     upload_bytes: int = 0
     privacy: dict[str, Any] = field(default_factory=dict)  # the version record's "privacy"/"example_privacy"
+    rejected: str = ""  # why sums that came back were not committed (sum_out_of_range, excluded_device)
+    refused_reports: tuple[tuple[str, int], ...] = ()  # (field, count) of reports refused in this attempt
 
 
 class RoundListener(Protocol):

@@ -8,15 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.aggregator.client import open_round, round_sums
+from services.aggregator.client import exclude_members, open_round, round_sums
 from services.aio_transport import AioServer
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.deadlines import Deadlines
 from services.metrics import PrometheusRoundListener, record_certificate
-from services.orchestrator.coordinator import Coordinator, RoundSettings
+from services.orchestrator.coordinator import Coordinator, DeviceTrust, RoundSettings
 from services.orchestrator.evaluation import VersionEvaluator
 from services.orchestrator.listeners import RoundListener, RoundListeners
+from services.orchestrator.report_check import ReportLimits
 from services.orchestrator.servicer import OrchestratorServicer, TaskTemplate
 from services.privacy_settings import example_dp_message, user_dp_message
 from services.registry import DeviceRegistry
@@ -141,6 +142,12 @@ def start(
         lambda config, codec, deadline: round_sums(aggregator, config, codec, deadline),
         first_round=resumed + 1,
         listener=RoundListeners(*listeners),
+        trust=DeviceTrust(
+            revoked=lambda device: (record := registry.get(device)) is None or record.revoked,
+            revoked_now=registry.revoked_devices,
+            exclude=lambda round_id, clients, why: exclude_members(aggregator, round_id, clients, why),
+            limits=ReportLimits(r_min=strategy.config.r_min),
+        ),
     )
     train = pb.TrainSettings()
     train.CopyFrom(cfg.train)

@@ -321,3 +321,54 @@ class SubmitStageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubmitStageResponse: _TypeAlias = SubmitStageResponse  # noqa: Y015
+
+@_typing.final
+class ExcludeMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    round_id: _builtins.int
+    reason: _builtins.str
+    """Why, for the aggregator's log and the devices' error message (at most 200 characters)."""
+    @_builtins.property
+    def client_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Round-local client ids (CohortMember.client_id)."""
+
+    def __init__(
+        self,
+        *,
+        round_id: _builtins.int = ...,
+        client_ids: _abc.Iterable[_builtins.int] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_ids", b"client_ids", "reason", b"reason", "round_id", b"round_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExcludeMembersRequest: _TypeAlias = ExcludeMembersRequest  # noqa: Y015
+
+@_typing.final
+class ExcludeMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALREADY_SUMMED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def already_summed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The excluded members whose masked input is already in the round's sum."""
+
+    def __init__(
+        self,
+        *,
+        already_summed: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_summed", b"already_summed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExcludeMembersResponse: _TypeAlias = ExcludeMembersResponse  # noqa: Y015

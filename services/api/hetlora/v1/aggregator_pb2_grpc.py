@@ -59,6 +59,11 @@ class AggregatorServiceStub:
                 request_serializer=hetlora_dot_v1_dot_aggregator__pb2.SubmitStageRequest.SerializeToString,
                 response_deserializer=hetlora_dot_v1_dot_aggregator__pb2.SubmitStageResponse.FromString,
                 _registered_method=True)
+        self.ExcludeMembers = channel.unary_unary(
+                '/hetlora.v1.AggregatorService/ExcludeMembers',
+                request_serializer=hetlora_dot_v1_dot_aggregator__pb2.ExcludeMembersRequest.SerializeToString,
+                response_deserializer=hetlora_dot_v1_dot_aggregator__pb2.ExcludeMembersResponse.FromString,
+                _registered_method=True)
 
 
 class AggregatorServiceServicer:
@@ -100,6 +105,15 @@ class AggregatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExcludeMembers(self, request, context):
+        """Orchestrator only. Puts cohort members out of a running round (revoked devices, refused reports):
+        their calls are refused from now on and they count as dropouts, so SecAgg+ removes their masks.
+        Answers which of them had their masked input summed already (it cannot be taken out again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AggregatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +136,11 @@ def add_AggregatorServiceServicer_to_server(servicer, server):
                     servicer.SubmitStage,
                     request_deserializer=hetlora_dot_v1_dot_aggregator__pb2.SubmitStageRequest.FromString,
                     response_serializer=hetlora_dot_v1_dot_aggregator__pb2.SubmitStageResponse.SerializeToString,
+            ),
+            'ExcludeMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExcludeMembers,
+                    request_deserializer=hetlora_dot_v1_dot_aggregator__pb2.ExcludeMembersRequest.FromString,
+                    response_serializer=hetlora_dot_v1_dot_aggregator__pb2.ExcludeMembersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +256,33 @@ class AggregatorService:
             '/hetlora.v1.AggregatorService/SubmitStage',
             hetlora_dot_v1_dot_aggregator__pb2.SubmitStageRequest.SerializeToString,
             hetlora_dot_v1_dot_aggregator__pb2.SubmitStageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExcludeMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hetlora.v1.AggregatorService/ExcludeMembers',
+            hetlora_dot_v1_dot_aggregator__pb2.ExcludeMembersRequest.SerializeToString,
+            hetlora_dot_v1_dot_aggregator__pb2.ExcludeMembersResponse.FromString,
             options,
             channel_credentials,
             insecure,

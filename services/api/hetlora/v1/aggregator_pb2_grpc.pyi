@@ -51,6 +51,11 @@ class AggregatorServiceStub:
     """
     SubmitStage: _grpc.StreamUnaryMultiCallable[_aggregator_pb2.SubmitStageRequest, _aggregator_pb2.SubmitStageResponse]
     """Device: its message for the current stage, streamed in chunks (masked inputs exceed 4 MiB)."""
+    ExcludeMembers: _grpc.UnaryUnaryMultiCallable[_aggregator_pb2.ExcludeMembersRequest, _aggregator_pb2.ExcludeMembersResponse]
+    """Orchestrator only. Puts cohort members out of a running round (revoked devices, refused reports):
+    their calls are refused from now on and they count as dropouts, so SecAgg+ removes their masks.
+    Answers which of them had their masked input summed already (it cannot be taken out again).
+    """
 
 @_typing.type_check_only
 class AggregatorServiceAsyncStub(AggregatorServiceStub):
@@ -75,6 +80,11 @@ class AggregatorServiceAsyncStub(AggregatorServiceStub):
     """
     SubmitStage: _aio.StreamUnaryMultiCallable[_aggregator_pb2.SubmitStageRequest, _aggregator_pb2.SubmitStageResponse]  # type: ignore[assignment]
     """Device: its message for the current stage, streamed in chunks (masked inputs exceed 4 MiB)."""
+    ExcludeMembers: _aio.UnaryUnaryMultiCallable[_aggregator_pb2.ExcludeMembersRequest, _aggregator_pb2.ExcludeMembersResponse]  # type: ignore[assignment]
+    """Orchestrator only. Puts cohort members out of a running round (revoked devices, refused reports):
+    their calls are refused from now on and they count as dropouts, so SecAgg+ removes their masks.
+    Answers which of them had their masked input summed already (it cannot be taken out again).
+    """
 
 class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Secure aggregation (SecAgg+) over rank buckets. The orchestrator opens a round for a cohort; devices
@@ -120,5 +130,16 @@ class AggregatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_aggregator_pb2.SubmitStageResponse, _abc.Awaitable[_aggregator_pb2.SubmitStageResponse]]:
         """Device: its message for the current stage, streamed in chunks (masked inputs exceed 4 MiB)."""
+
+    @_abc_1.abstractmethod
+    def ExcludeMembers(
+        self,
+        request: _aggregator_pb2.ExcludeMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_aggregator_pb2.ExcludeMembersResponse, _abc.Awaitable[_aggregator_pb2.ExcludeMembersResponse]]:
+        """Orchestrator only. Puts cohort members out of a running round (revoked devices, refused reports):
+        their calls are refused from now on and they count as dropouts, so SecAgg+ removes their masks.
+        Answers which of them had their masked input summed already (it cannot be taken out again).
+        """
 
 def add_AggregatorServiceServicer_to_server(servicer: AggregatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
