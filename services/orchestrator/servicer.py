@@ -17,7 +17,7 @@ from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.auth import peer_identity, require_device
 from services.deadlines import MAX_POLL_S
-from services.errors import BASE_MODEL_MISMATCH, aio_grpc_errors
+from services.errors import BASE_MODEL_MISMATCH, aio_grpc_errors, aio_stream_errors
 from services.metrics import DEVICES_UNAVAILABLE, DOWNLOAD_BYTES
 from services.orchestrator.coordinator import Coordinator
 from services.orchestrator.task_codec import chunks
@@ -47,17 +47,15 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
     def __init__(self, coordinator: Coordinator, registry: DeviceRegistry, template: TaskTemplate) -> None:
         self.coordinator, self.registry, self.template = coordinator, registry, template
 
+    @aio_stream_errors
     async def GetTask(
         self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GetTaskResponse]:
-        try:
-            device = require_device(peer_identity(context), self.registry)
-            self._require_base_model(device, request.base_model_fingerprint)
-            task = await self.coordinator.check_in_async(
-                device, request.signing_public_key, min(request.wait_ms / 1000, MAX_WAIT_S)
-            )
-        except errors.ServiceError as e:
-            await context.abort(e.code, e.message)
+        device = require_device(peer_identity(context), self.registry)
+        self._require_base_model(device, request.base_model_fingerprint)
+        task = await self.coordinator.check_in_async(
+            device, request.signing_public_key, min(request.wait_ms / 1000, MAX_WAIT_S)
+        )
         secure = self.coordinator.settings.secure
         header = pb.TaskHeader(
             round_id=task.round_id,
