@@ -120,9 +120,11 @@ class AggregatorHandler:
         log.warning("round_id=%d: clients %s put out of the round (%s)", round_id, sorted(clients), why)
         return summed
 
-    def admit(self, caller: Identity, round_id: int) -> None:
-        """Refuse an upload from a non-member on its first chunk, before any of it is buffered."""
-        self._member(caller, round_id)
+    def admit(self, caller: Identity, round_id: int, stage: Stage) -> int:
+        """On an upload's first chunk, before any of it is buffered: refuse a non-member, and return the most
+        bytes this member may send in ``stage`` (the upload is refused as soon as it passes it)."""
+        run, client = self._member(caller, round_id)
+        return min(self.max_message_bytes, run.max_upload_bytes(client, stage))
 
     @property
     def rounds_held(self) -> int:

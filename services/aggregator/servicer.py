@@ -111,20 +111,20 @@ class AggregatorServicer(rpc.AggregatorServiceServicer):
         """One upload's chunks, joined. While they arrive the buffer is counted in ``handler.uploads``; it goes
         with the call however the call ends (a stream idle past its timeout ends inside the ``async for``)."""
         parts: list[bytes] = []
-        size, key, call = 0, None, next(self._calls)
+        size, key, call, limit = 0, None, next(self._calls), 0
         try:
             async for chunk in request:
                 if key is None:
                     key = (chunk.round_id, chunk.stage)
-                    _stage(chunk.stage)
-                    self.handler.admit(caller, chunk.round_id)  # a non-member's upload costs no buffer
+                    # A non-member's upload costs no buffer, and a member's may not pass what its stage needs.
+                    limit = self.handler.admit(caller, chunk.round_id, _stage(chunk.stage))
                 elif key != (chunk.round_id, chunk.stage):
                     raise errors.invalid(
                         "round_id/stage", "every chunk of one upload must name the same round and stage"
                     )
                 size += len(chunk.chunk)
-                if size > self.handler.max_message_bytes:
-                    raise errors.exhausted(f"upload exceeds {self.handler.max_message_bytes} bytes")
+                if size > limit:
+                    raise errors.exhausted(f"upload exceeds the {limit} bytes this device may send in this stage")
                 parts.append(chunk.chunk)
                 self.handler.uploads[call] = size
             if key is None:

@@ -37,6 +37,9 @@ from services.wakeups import Wakeups
 log = logging.getLogger("hetlora.aggregator")
 
 STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK)
+MASKED_HEADER_BYTES = 1 + 4 + 32 + 8  # type tag, client id, session id, length
+SHARE_BYTES = 40  # a Shamir share (33 bytes) and its framing
+
 _PARSERS: dict[Stage, Callable[[bytes], Any]] = {
     Stage.ADVERTISE_KEYS: AdvertiseKeys.from_bytes,
     Stage.SHARE_KEYS: ShareKeys.from_bytes,
@@ -158,6 +161,17 @@ class StageRound:
             self._arrived.add(client)
             if self._stage_complete(stage):
                 self._wake.notify_all()
+
+    def max_upload_bytes(self, client: int, stage: Stage) -> int:
+        """The most bytes an honest ``client`` sends in ``stage``: an upload past it is refused as it streams.
+
+        A masked input is exactly its level's prefix of the layout (plus a 48-byte header); the other messages
+        are keys, signatures and shares, bounded by the cohort and the number of buckets."""
+        cfg = self.config
+        if stage == Stage.MASKED_INPUT:
+            return MASKED_HEADER_BYTES + 4 * cfg.layout.prefix(cfg.level_of.get(client, 0))
+        per_peer = 96 + SHARE_BYTES * (cfg.layout.n_buckets + 1)  # one sealed bundle or one owner's shares
+        return 4096 + len(cfg.clients) * per_peer
 
     def exclude(self, clients: Iterable[int], why: str) -> tuple[int, ...]:
         """Put members out of the round: refused from now on, dropouts from the next stage close.

@@ -70,6 +70,26 @@ def test_a_non_members_upload_is_refused_on_its_first_chunk(certs: dict[str, byt
     assert context.code == grpc.StatusCode.PERMISSION_DENIED and pulled == [0]
 
 
+def test_a_members_upload_past_what_its_stage_needs_is_refused_as_it_streams(certs: dict[str, bytes]) -> None:
+    handler = AggregatorHandler(max_message_bytes=1 << 30)  # the transport would allow a GiB
+    open_one(handler, certs, 2)
+    run, _ = handler._round(2)
+    limit = run.max_upload_bytes(0, Stage.MASKED_INPUT)
+    assert limit == 45 + 4 * LAYOUT.total  # its level's prefix, exactly, plus the header
+    pulled: list[int] = []
+
+    async def upload() -> AsyncIterator[pb.SubmitStageRequest]:
+        for i in range(1000):
+            pulled.append(i)
+            yield pb.SubmitStageRequest(round_id=2, stage=STAGE_TO_WIRE[Stage.MASKED_INPUT], chunk=b"\0" * 64)
+
+    context = PeerContext(certs["m-0"])
+    with pytest.raises(AbortedError, match=f"{limit} bytes"):
+        asyncio.run(AggregatorServicer(handler).SubmitStage(upload(), context))  # type: ignore[arg-type]
+    assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(pulled) == limit // 64 + 1 and not handler.uploads  # stopped at the limit, nothing kept
+
+
 def test_finished_rounds_are_forgotten_past_the_bound_and_their_ids_stay_used(certs: dict[str, bytes]) -> None:
     handler = AggregatorHandler(max_message_bytes=1 << 20)
     for round_id in range(1, 40):
