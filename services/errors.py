@@ -129,3 +129,38 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -
 # The orchestrator's refusal of a device whose base model is not the job's starts with this; the device agent
 # recognises it as a configuration error to stop on, not a transient one to retry.
 BASE_MODEL_MISMATCH = "base model mismatch"
+
+
+def undecodable(message_type: str, why: str) -> ServiceError:
+    """Request bytes that are not ``message_type``'s wire format. They are the client's (a bug, other protos, a
+    truncated write), never the server's, so INVALID_ARGUMENT naming the type, where gRPC itself says INTERNAL."""
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"request could not be decoded as {message_type}: {why}")
+
+
+def request_count(method: str, sent: str) -> ServiceError:
+    """A call to a method that takes one request message sent none or several. Left to gRPC, none is
+    UNIMPLEMENTED on a thread-pool server and never answered at all on a ``grpc.aio`` one."""
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, f"{method} takes exactly one request message; this call sent {sent}"
+    )
+
+
+def aio_stream_errors(method: F) -> F:
+    """``aio_grpc_errors`` for ``grpc.aio`` servicer async generators (server-streaming methods): without it an
+    exception escapes to gRPC, which answers UNKNOWN and logs a traceback, even for a client's bad input."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except ServiceError as e:
+            await context.abort(e.code, e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("unhandled error in %s (ref %s)", method.__name__, ref)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); the server log has details")
+
+    return wrapper  # type: ignore[return-value]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -113,7 +114,11 @@ class CertificateAuthority:
     def sign_csr(self, csr_pem: bytes, common_name: str, role: str = "device") -> x509.Certificate:
         """Sign a device's CSR under the name the server chose (the CSR's own subject is ignored)."""
         csr = x509.load_pem_x509_csr(csr_pem)
-        if not csr.is_signature_valid:
+        try:
+            valid = csr.is_signature_valid
+        except UnsupportedAlgorithm as e:  # a key type or curve this build lacks: the device's bytes, not ours
+            raise ValueError(f"the CSR names a key type this CA does not sign ({e})") from None
+        if not valid:
             raise ValueError("the CSR's signature does not verify: it was not made with the key it carries")
         key = csr.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):

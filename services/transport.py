@@ -6,20 +6,23 @@ PKI directory layout (``hetlora ca init``): ``ca.crt`` (+ ``ca.key``, needed onl
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
+from services import errors
 from services.rpc_metrics import MetricsInterceptor
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default; large tensors are streamed in chunks below it
+log = logging.getLogger("hetlora.services")
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,14 @@ def channel(
 
 
 def add_servicer(server: grpc.Server, service: ServiceDescriptor, servicer: object) -> None:
-    """Register ``servicer`` for ``service`` so an undecodable request body is INVALID_ARGUMENT, not INTERNAL.
+    """Register ``servicer`` for ``service`` so that no request bytes are ever answered INTERNAL or UNIMPLEMENTED.
 
     The generated ``add_*_to_server`` lets gRPC parse requests and answer INTERNAL when bytes are not the
     message; here each method receives raw bytes and parses them itself, naming the expected message type.
     Unary, client-streaming and server-streaming methods (the shapes this API uses).
     """
-    server.add_generic_rpc_handlers((raw_body_handlers(service, servicer, _parsing, _parsing_stream, _parsing),))
+    handlers = raw_body_handlers(service, servicer, _parsing, _parsing_stream, _parsing)
+    server.add_generic_rpc_handlers((_FirstRequest(handlers),))
 
 
 Wrap = Callable[[Any, type[Message]], Callable[..., Any]]
@@ -129,19 +133,30 @@ def raw_body_handlers(
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def _parse(body: bytes, request_type: type[Message], context: grpc.ServicerContext) -> Message:
+def decode(body: bytes, request_type: type[Message], peer: str, index: int | None = None) -> Message:
+    """``body`` parsed as ``request_type``; bytes that are not that message are the client's fault (or its protos
+    differ), so a ServiceError INVALID_ARGUMENT naming the type, and one line in the log, never a traceback.
+    ``index``: the message's place in a request stream. Shared by the thread-pool and ``grpc.aio`` servers."""
     try:
         return request_type.FromString(body)
-    except DecodeError:
-        context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"request body is not a valid {request_type.DESCRIPTOR.full_name} message"
+    except (DecodeError, ValueError, RecursionError) as e:
+        reason = str(e).rsplit("': ", 1)[-1] or type(e).__name__  # upb: "Error parsing message with type 'T': …"
+        where = "" if index is None else f" (message {index + 1} of the stream)"
+        error = errors.undecodable(
+            request_type.DESCRIPTOR.full_name,
+            f"{reason}{where}; send bytes serialized from that message, built from the server's hetlora.v1 protos",
         )
-        raise
+    log.warning("refused a request from %s: %s", peer or "an unknown peer", error.message)
+    raise error
 
 
 def _parsing(method: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]) -> Callable[..., Any]:
     def handle(body: bytes, context: grpc.ServicerContext) -> Any:
-        return method(_parse(body, request_type, context), context)
+        try:
+            request = decode(body, request_type, context.peer())
+        except errors.ServiceError as e:
+            _abort(context, e)
+        return method(request, context)
 
     return handle
 
@@ -149,7 +164,48 @@ def _parsing(method: Callable[[Any, grpc.ServicerContext], Any], request_type: t
 def _parsing_stream(
     method: Callable[[Any, grpc.ServicerContext], Any], request_type: type[Message]
 ) -> Callable[..., Any]:
+    """Chunks are parsed as the servicer takes them, so a bad one raises a ServiceError inside its loop: its
+    ``grpc_errors`` maps that like its own errors (an abort there would be caught and re-answered INTERNAL)."""
+
     def handle(bodies: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-        return method((_parse(b, request_type, context) for b in bodies), context)
+        peer = context.peer()
+        try:
+            return method((decode(b, request_type, peer, i) for i, b in enumerate(bodies)), context)
+        except errors.ServiceError as e:  # a servicer that does not map its errors itself
+            _abort(context, e)
 
     return handle
+
+
+class _FirstRequest(grpc.GenericRpcHandler):
+    """Serves each unary method through a request stream, so a call that sends no message is INVALID_ARGUMENT
+    naming the method (gRPC's own answer is UNIMPLEMENTED, which reads as a missing method).
+
+    Only the first message is read: waiting for the end of the stream to refuse a second one would hold a
+    worker thread for as long as the client kept the stream open. (``grpc.aio`` servers can afford that wait:
+    ``services.aio_transport.SingleRequest``.)
+    """
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        unary, method = handler.unary_unary, handler_call_details.method
+
+        def first(bodies: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            body = next(bodies, None)
+            if body is None:
+                error = errors.request_count(method, "none")
+                log.warning("refused a request from %s: %s", context.peer() or "an unknown peer", error.message)
+                _abort(context, error)
+            return unary(body, context)
+
+        return grpc.stream_unary_rpc_method_handler(first, None, handler.response_serializer)
+
+
+def _abort(context: grpc.ServicerContext, error: errors.ServiceError) -> NoReturn:
+    context.abort(error.code, error.message)
+    raise AssertionError("unreachable: context.abort raises")
