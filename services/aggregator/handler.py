@@ -23,7 +23,7 @@ MAX_OPEN_ROUNDS = 64
 MAX_REASON_CHARS = 200
 # Finished rounds are kept only so a retried GetRoundResult still finds its sums; beyond this many the oldest
 # is forgotten, so memory grows with the rounds in flight, not with the rounds ever run.
-KEEP_FINISHED_ROUNDS = 8
+KEEP_FINISHED_ROUNDS = 4
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,8 @@ class StageRound:
     ) -> None:
         self.config = config
         self.signing_keys = dict(signing_keys)
-        self._server = SecAggServer.start(config, Ed25519Directory(self.signing_keys), listener)
+        self._server: SecAggServer | None = SecAggServer.start(config, Ed25519Directory(self.signing_keys), listener)
+        self._summed: frozenset[int] = frozenset()  # whose masked input the sum holds, kept once the state is freed
         self._timeout = stage_timeout_s
         self._clock = clock
         self._cond = threading.Condition()
@@ -128,6 +129,8 @@ class StageRound:
         self._refuse_excluded(client)
         if self.abort_reason is not None:
             raise errors.aborted(f"secure aggregation round aborted: {self.abort_reason}")
+        if self.result is not None:
+            raise errors.precondition(f"the round completed without this client's {stage}")
         if stage not in self._outgoing:
             raise errors.not_yet(f"{stage} has not opened yet; ask again")
         if client not in self._expected[stage]:
@@ -155,6 +158,7 @@ class StageRound:
             if message.client_id != client:
                 raise errors.denied(f"message claims client {message.client_id}, but the caller is client {client}")
             try:
+                assert self._server is not None  # freed only once finished, refused above
                 _receive(self._server, stage, message)
             except SecAggError as e:
                 raise errors.denied(f"{stage} message refused: {e}") from None
@@ -180,7 +184,7 @@ class StageRound:
         with self._cond:
             for c in clients:
                 self._excluded.setdefault(c, why)
-            summed = set(self._server.state.masked_from)
+            summed = self._summed if self._server is None else set(self._server.state.masked_from)
             self._wake.notify_all()  # their waits end now, and a stage no longer waits for them
             return tuple(sorted(c for c in clients if c in summed))
 
@@ -194,7 +198,7 @@ class StageRound:
 
     def abort(self, reason: str) -> None:
         with self._cond:
-            if not self.finished:
+            if not self.finished and self._server is not None:
                 self._server.abort(reason)
                 self.abort_reason = reason
                 self._wake.notify_all()
@@ -207,6 +211,22 @@ class StageRound:
         return await self._wake.wait_for(lambda: self.finished, timeout_s)
 
     def _drive(self) -> None:
+        try:
+            self._run_stages()
+        finally:
+            with self._cond:
+                self._release()
+
+    def _release(self) -> None:
+        """A finished round keeps only its result: the state machine (the masked sum, every bundle and share)
+        and the stage messages go at once, so memory grows with the rounds running, not with those run."""
+        if self._server is not None:
+            self._summed = frozenset(self._server.state.masked_from)
+        self._server = None
+        self._outgoing.clear()
+        self._wake.notify_all()
+
+    def _run_stages(self) -> None:
         for index, stage in enumerate(STAGES):
             with self._cond:
                 while not (self.finished or self._stage_complete(stage)):
@@ -235,6 +255,7 @@ class StageRound:
 
     def _close(self, index: int, stage: Stage) -> None:
         server = self._server
+        assert server is not None
         if stage == Stage.UNMASK:
             self.result = server.finalize()
             self._stage = len(STAGES)

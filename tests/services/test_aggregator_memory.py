@@ -96,6 +96,8 @@ def test_finished_rounds_are_forgotten_past_the_bound_and_their_ids_stay_used(ce
         open_one(handler, certs, round_id)
         run, _ = handler._round(round_id)
         run.abort("the test finishes it")  # a finished round, as after its result was read
+        run._driver.join(timeout=10)
+        assert run._server is None and not run._outgoing  # it keeps its outcome, not the masked sum or bundles
     assert handler.rounds_held <= KEEP_FINISHED_ROUNDS + 1
     with pytest.raises(Exception, match="never reused"):
         open_one(handler, certs, 2)  # forgotten, yet still a reuse
