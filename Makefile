@@ -69,8 +69,9 @@ bench: bench-secagg bench-services bench-dp  ## all fast benchmarks (JSON under 
 bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 	$(PY) bench/secagg_bench.py --json bench/results/secagg.json
 
-bench-load:  ## the services as processes under many synthetic devices: s/round, drops, RPC latency, CPU, RSS, bytes by rank
-	$(PY) bench/load.py --devices 20,60,120 --per-round 20 --json bench/results/load.json
+bench-load:  ## services as processes, 2,000 SmolLM2-shaped devices, cohorts of 200: 8 rounds, then 2 with 30 % killed (~40 min)
+	$(PY) bench/load.py --devices 2000 --per-round 200 --model smollm2 --rounds 8 --fail-rate 0,0.3 --fault-rounds 2 \
+	    --device-slots 4 --timeout 3600 --json bench/results/load.json
 
 bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg alone and a whole round
 	$(PY) bench/services_bench.py --json bench/results/services.json
