@@ -94,7 +94,7 @@ class StageRound:
         with self._cond:
             poll, ready = self._wait_registered(client, stage)
         try:
-            await self._wake.wait_for(ready, wait_s)
+            await self._wake.wait_for(ready, wait_s, key=client)
         except asyncio.CancelledError:  # the client cancelled, or the call hit its server-side cap
             with self._cond:
                 self._drop_wait(client, poll)
@@ -106,14 +106,14 @@ class StageRound:
         """Forget a cancelled wait at once (condition held), unless a newer one of the client replaced it."""
         if self._waiting.get(client) == poll:
             del self._waiting[client]
-            self._wake.notify_all()
+            self._wake.notify(client)
 
     def _wait_registered(self, client: int, stage: Stage) -> tuple[int, Callable[[], bool]]:
         """Register ``client``'s wait (one per client: a newer one replaces the older, which returns at once);
         returns its number and when it may stop waiting. Called with the condition held."""
         index = STAGES.index(stage)
         poll = self._waiting[client] = self._waiting.get(client, 0) + 1
-        self._wake.notify_all()
+        self._wake.notify(client)  # its older wait (replaced) returns; the cohort's other waits need not wake
         return (
             poll,
             lambda: (

@@ -115,7 +115,7 @@ class Coordinator:
         """``check_in`` for an asyncio handler: a waiting device is a registered waker, not a thread."""
         poll = self._register(device_id, signing_key)
         try:
-            await self._wake.wait_for(self._answerable(device_id, poll), wait_s)
+            await self._wake.wait_for(self._answerable(device_id, poll), wait_s, key=device_id)
         except asyncio.CancelledError:  # the device cancelled, or the call hit its server-side cap
             with self._cond:
                 self._drop_poll(device_id, poll)
@@ -129,7 +129,7 @@ class Coordinator:
         A task assigned meanwhile stays assigned: the device's next check-in receives it."""
         if self._polls.get(device_id) == poll:
             del self._polls[device_id]
-            self._wake.notify_all()
+            self._wake.notify(device_id)
 
     def _register(self, device_id: str, signing_key: bytes) -> int:
         """Validate a check-in and mark the device available; returns the number of its (one) outstanding poll."""
@@ -147,7 +147,7 @@ class Coordinator:
             poll = self._polls[device_id] = self._polls.get(device_id, 0) + 1
             if device_id not in self._assigned:
                 self._seen[device_id] = (self._clock(), signing_key)
-            self._wake.notify_all()
+            self._wake.notify(device_id)  # the round thread, and this device's older poll (replaced)
         return poll
 
     def _answerable(self, device_id: str, poll: int) -> Callable[[], bool]:
@@ -197,7 +197,7 @@ class Coordinator:
                 self.guard.exclude(device_id, f"report refused ({field_name})")
                 raise
             self._reports[device_id] = report
-            self._wake.notify_all()
+            self._cond.notify_all()  # the round thread counts reports; no device waits on them
 
     def unavailable(self, device_id: str, why: str) -> None:
         """The device says it cannot train: it is not sampled again until it checks in anew."""
@@ -298,7 +298,7 @@ class Coordinator:
                     keys[ids[d]][1],
                 )
                 self._seen.pop(d, None)  # busy until it polls again
-            self._wake.notify_all()
+            self._wake.notify_keys(cohort)  # the cohort's polls answer now; the others keep waiting
         log.info("round %d (id %d): cohort %s, ranks %s", index, round_id, cohort, dict(plan.ranks))
         self.listener.round_started(index, list(plan.ranks.values()))
         codec = FixedPointCodec(s.secure.value_bound, 1.0, len(cohort))
