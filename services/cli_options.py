@@ -92,3 +92,25 @@ def column_rename(text: str) -> tuple[str, str]:
     if not sep or role.strip() not in COLUMN_ROLES or not name.strip():
         raise argparse.ArgumentTypeError(f"expected ROLE=COLUMN with ROLE one of {', '.join(COLUMN_ROLES)}")
     return role.strip(), name.strip()
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """Who trains each round's cohort in ``hetlora simulate`` (trainer.cohort); the round engine is the same."""
+    g = p.add_argument_group("backend", "who trains the sampled clients; results are the same for the same seed")
+    g.add_argument(
+        "--backend",
+        choices=("in-process", "ray"),
+        default="in-process",
+        help="in-process: one client after another in this process; ray: a pool of Ray actors (pip install "
+        "-e '.[ray]'), each loading the model once and training many clients",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        help="join a running cluster ('auto', or host:port of 'ray start --head'); default: a local Ray for the run",
+    )
+    g.add_argument("--ray-actors", type=int, default=2, help="actors in the pool (each holds one copy of the model)")
+    g.add_argument("--ray-cpus-per-actor", type=float, default=1.0, help="num_cpus each actor declares")
+    g.add_argument(
+        "--ray-gpus-per-actor", type=float, default=0.0, help="num_gpus each actor declares; fractions share a GPU"
+    )

@@ -121,6 +121,11 @@ class SimulationSection(Section):
     rank_distribution: Annotated[str, one_of(RANK_DISTRIBUTIONS)] = "uniform_int"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     device: str = "cpu"
+    backend: Literal["in-process", "ray"] = "in-process"  # who trains the cohort (trainer.cohort)
+    ray_address: str | None = None  # "auto" or host:port joins a cluster; unset: a local Ray for the run
+    ray_actors: Positive = 2
+    ray_cpus_per_actor: PositiveFloat = 1.0
+    ray_gpus_per_actor: Annotated[float, Field(ge=0)] = 0.0
 
 
 class PrivacySection(Section):
@@ -187,7 +192,8 @@ DESTINATIONS: dict[tuple[str, str], str] = {
     ("rounds", "round_deadline_s"): "round_deadline",
     ("simulation", "rank_distribution"): "ranks",
     **{("rounds", k): k for k in ("per_round", "overselect", "local_steps", "batch_size", "seq_len", "lr", "seed")},
-    **{("simulation", k): k for k in ("clients", "corpus", "dropout", "device")},
+    **{("simulation", k): k for k in ("clients", "corpus", "dropout", "device", "backend")},
+    **{("simulation", k): k for k in ("ray_address", "ray_actors", "ray_cpus_per_actor", "ray_gpus_per_actor")},
     **{("privacy", k): f"dp_{k}" for k in PrivacySection.model_fields if k != "max_grad_norm"},
     ("privacy", "max_grad_norm"): "dp_max_grad_norm",
     **{("eval", k): f"eval_{k}" for k in EvalSection.model_fields if k != "path"},

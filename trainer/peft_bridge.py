@@ -76,8 +76,8 @@ def lora_attached(model: torch.nn.Module, factors: ModuleFactors, rank: int, sca
                 f = factors[name]
                 if f.rank != rank:
                     raise ValueError(f"module {name}: factors have rank {f.rank}, expected {rank}")
-                _adapter_weight(layer.lora_A).copy_(torch.from_numpy(np.asarray(f.A, np.float32)).to(device))
-                _adapter_weight(layer.lora_B).copy_(torch.from_numpy(np.asarray(f.B, np.float32)).to(device))
+                _adapter_weight(layer.lora_A).copy_(torch.tensor(np.asarray(f.A, np.float32), device=device))
+                _adapter_weight(layer.lora_B).copy_(torch.tensor(np.asarray(f.B, np.float32), device=device))
         yield peft_model
     finally:
         peft_model.unload()

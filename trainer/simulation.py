@@ -1,7 +1,9 @@
 """In-process federated experiments: several strategies on the same clients, ranks, cohorts and seeds.
 
 Every round goes through :class:`RoundEngine` exactly as the services drive it; devices are function calls
-and the secure sum is computed in the clear. Output: ``metrics.json`` (one record per strategy × round) and
+and the secure sum is computed in the clear. Only "train the cohort" is delegated, to a backend
+(``trainer.cohort``): in this process, one client after another (the default), or on Ray actors.
+Output: ``metrics.json`` (one record per strategy × round) and
 ``heldout_loss.png`` in the output directory.
 """
 
@@ -14,21 +16,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from trainer.cohort import ClientJob, ClientOutcome, ClientTrainer, CohortRunner, RayOptions, make_runner
 from trainer.data.local import load_client_dirs
 from trainer.data.records import Columns
 from trainer.data.registry import load_federated_corpus
 from trainer.data.types import ClientDataset
-from trainer.device import run_task
 from trainer.evaluate import evaluate_adapter, evaluate_at_rank, mean_client_loss
+from trainer.factors import ModuleShape
 from trainer.local_train import TrainConfig
 from trainer.model import load_base_model, load_tokenizer
 from trainer.peft_bridge import adapted_modules
 from trainer.plots import plot_heldout_loss
 from trainer.privacy import ExampleDP, UserDP
-from trainer.privacy.device_side import BudgetExhaustedError, DevicePrivacy
+from trainer.privacy.device_side import DevicePrivacy
 from trainer.privacy.federation import FederationPrivacy, PrivacyBudgetExceededError
 from trainer.ranks import sample_ranks
 from trainer.round_engine import RoundEngine, derive_seed
@@ -75,6 +79,8 @@ class SimulationConfig:
     device_eval: bool = True  # after the last round, score each device at its own rank on its own held-out data
     example_dp: ExampleDP | None = None  # DP-SGD on every device
     user_dp: UserDP | None = None  # DP-FedAvg across the federation
+    backend: str = "in-process"  # who trains the cohort: in-process or ray (trainer.cohort)
+    ray: RayOptions = field(default_factory=RayOptions)  # the ray backend's actors and cluster
 
     def __post_init__(self) -> None:
         unknown = set(self.strategies) - set(strategy_names())
@@ -116,6 +122,18 @@ def load_clients(cfg: SimulationConfig, tokenizer: PreTrainedTokenizerBase) -> l
     )
 
 
+def prepared_clients(cfg: SimulationConfig, tokenizer: PreTrainedTokenizerBase) -> list[ClientDataset]:
+    """The clients as every backend trains them: loaded, then capped to ``cfg.train_blocks``."""
+    clients = load_clients(cfg, tokenizer)
+    if cfg.train_blocks is not None:
+        clients = [capped_train(c, cfg.train_blocks) for c in clients]
+    return clients
+
+
+def train_config(cfg: SimulationConfig) -> TrainConfig:
+    return TrainConfig(steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr)
+
+
 def _store(cfg: SimulationConfig, out: Path | None, name: str, initial: GlobalAdapter) -> VersionStore:
     """Versions go to disk in peft format when there is an output directory, else stay in memory."""
     if cfg.save_versions and out is not None:
@@ -127,9 +145,7 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
     """Run every strategy for ``cfg.rounds`` rounds; returns (and writes) the per-round records."""
     tokenizer = load_tokenizer(cfg.model)
     model = load_base_model(cfg.model, cfg.device, cfg.seed, cfg.dtype, cfg.gradient_checkpointing)
-    clients = load_clients(cfg, tokenizer)
-    if cfg.train_blocks is not None:
-        clients = [capped_train(c, cfg.train_blocks) for c in clients]
+    clients = prepared_clients(cfg, tokenizer)
     scored = clients[: cfg.eval_clients or len(clients)]
     eval_sets = [c.heldout for c in scored]
     eval_ids = [c.client_id for c in scored]
@@ -142,7 +158,25 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
         )
     )
     shapes = adapted_modules(model, cfg.target_modules)
-    train = TrainConfig(steps=cfg.local_steps, batch_size=cfg.batch_size, lr=cfg.lr)
+    runner = make_runner(cfg.backend, cfg, ClientTrainer(model, by_id, train_config(cfg)), cfg.ray)
+    try:
+        return _run_strategies(cfg, out, progress, model, runner, by_id, device_ranks, shapes, eval_sets, eval_ids)
+    finally:
+        runner.close()
+
+
+def _run_strategies(
+    cfg: SimulationConfig,
+    out: Path | None,
+    progress: bool,
+    model: torch.nn.Module,
+    runner: CohortRunner,
+    by_id: dict[str, ClientDataset],
+    device_ranks: dict[str, int],
+    shapes: Mapping[str, ModuleShape],
+    eval_sets: list,
+    eval_ids: list[str],
+) -> list[dict]:
     base_loss = mean_client_loss(model, eval_sets)
     records: list[dict] = []
     bar = tqdm(total=len(cfg.strategies) * cfg.rounds, disable=not progress, unit="round")
@@ -175,17 +209,19 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
                 bar.write(f"{name}: stopped before round {rnd}: {e}")
                 bar.update(cfg.rounds - rnd + 1)
                 break
-            reports, dropped = [], []
+            jobs, dropped = [], []
             for client_id, task in engine.tasks(plan).items():
                 rng = np.random.default_rng(derive_seed(cfg.seed, "dropout", rnd, client_id))
                 if rng.random() < cfg.dropout:
                     dropped.append(client_id)
-                    continue
-                try:
-                    reports.append(run_task(strategy, model, by_id[client_id], task, train, privacy[client_id]))
-                except BudgetExhaustedError:
-                    dropped.append(client_id)  # the device has spent its example-level budget
-            outcome = engine.finish(plan, reports, dropped)
+                else:
+                    jobs.append(ClientJob(client_id, task, privacy[client_id]))
+            trained = runner.train(strategy, jobs)
+            for o in trained:
+                privacy[o.client_id] = o.privacy  # the ledger after the round (a copy when an actor trained it)
+            # A spent example-level budget or a task that failed twice: a dropout, as on a device.
+            dropped += [o.client_id for o in trained if o.dropped]
+            outcome = engine.finish(plan, [o.report for o in trained if o.report is not None], dropped)
             _, current = engine.store.latest()
             loss = evaluate_adapter(model, current, eval_sets)
             cumulative += outcome.upload_floats
@@ -205,6 +241,7 @@ def run_simulation(cfg: SimulationConfig, out: Path | None = None, progress: boo
                 )
             )
             records[-1]["global_live_rank"] = live_rank(current)
+            records[-1]["backend"] = backend_record(runner.name, trained)
             if "privacy" in outcome.extra:
                 records[-1]["user_epsilon"] = outcome.extra["privacy"]["epsilon"]
             if "example_privacy" in outcome.extra:
@@ -254,6 +291,23 @@ def _record(
         "train_loss": train_loss,
         "dropped": list(dropped),
         "wall_s": wall_s,
+    }
+
+
+def backend_record(name: str, outcomes: list[ClientOutcome]) -> dict:
+    """Where the round's clients trained, what each worker held after its last task, and what failed."""
+    last: dict[str, dict[str, float]] = {}
+    for o in outcomes:
+        if o.stats:
+            last[o.worker] = o.stats
+    return {
+        "name": name,
+        "workers": sorted({o.worker for o in outcomes if o.report is not None}),
+        "worker_rss_mib": {w: s["rss_mib"] for w, s in last.items() if "rss_mib" in s},
+        "worker_cuda_peak_mib": {w: s["cuda_peak_mib"] for w, s in last.items() if "cuda_peak_mib" in s},
+        "failed": {o.client_id: o.error for o in outcomes if o.error},
+        "retried": sorted(o.client_id for o in outcomes if o.attempts > 1),
+        "train_s": sum(o.stats.get("seconds", 0.0) for o in outcomes),
     }
 
 

@@ -37,6 +37,9 @@ from trainer.strategies import make_strategy
 from trainer.targets import linear_layers, task_shapes
 
 MAX_TASK_BYTES = 4 << 30
+# How long one check-in waits for a task: a waiting poll holds no server thread, and a task answers it at once,
+# so a long wait only saves calls (2,000 idle devices polling every 10 s cost the orchestrator ~0.2 CPU-s/s).
+CHECK_IN_WAIT_S = 40.0
 log = logging.getLogger("hetlora.device")
 # Statuses after which a device simply checks in again: a service restarting or a connection cut mid-call
 # (SIGKILL of a server surfaces as UNAVAILABLE, CANCELLED, UNKNOWN or INTERNAL), or a round that ended

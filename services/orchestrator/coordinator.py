@@ -24,7 +24,7 @@ from services.orchestrator.listeners import RoundListener, RoundListeners, Round
 from services.orchestrator.report_check import check_report
 from services.orchestrator.round_guard import RoundGuard
 from services.orchestrator.round_types import Assignment, DeviceTrust, RoundRecord, RoundSettings
-from services.orchestrator.task_codec import factors_to_bytes
+from services.orchestrator.task_codec import task_payloads
 from services.secure_sum import (
     DENSE_EDGES,
     bucket_edges,
@@ -280,6 +280,7 @@ class Coordinator:
             self._finish_empty(record, plan, cohort, f"could not open the secure round: {e.code().name}: {e.details()}")
             return False
         self.guard.begin(round_id, ids)
+        payloads = task_payloads(tasks)  # once per rank, outside the lock: check-ins are never held behind it
         with self._cond:
             self._current, self._reports, self._refused = record, {}, {}
             self._round_ranks = dict(plan.ranks)
@@ -291,7 +292,7 @@ class Coordinator:
                     t.version,
                     t.rank,
                     t.seed,
-                    factors_to_bytes(t.factors),
+                    payloads[d],
                     edges,
                     len(cohort),
                     t.component_cohorts,
