@@ -103,11 +103,11 @@ def enroll(folder: Path, n: int, r_max: int) -> list[dict]:
     return devices
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None, stdin: int | None = None) -> subprocess.Popen:
     """A child process whose stdout and stderr go to ``log`` (``env`` adds to this process's environment)."""
     out = open(log, "w")  # noqa: SIM115 - the process owns it until the harness stops it
     env = {**(env or {}), **os.environ, "PYTHONUNBUFFERED": "1"}  # what the caller's environment sets wins
-    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=stdin)
 
 
 def _argv(proc: subprocess.Popen) -> str:
@@ -282,10 +282,14 @@ def run_once(n: int, args: argparse.Namespace) -> dict:
         }))  # fmt: skip
         argv = [sys.executable, str(ROOT / "bench" / "load_devices.py"), "--manifest", str(manifest), "--model",
                 args.model, "--out", str(folder / f"worker-{w}.out.json")]  # fmt: skip
-        workers.append(spawn(argv, folder / f"worker-{w}.log", WORKER_MALLOC))
+        workers.append(spawn(argv, folder / f"worker-{w}.log", WORKER_MALLOC, stdin=subprocess.PIPE))
     try:
         for w, p in enumerate(workers):  # all load the model at once; then each builds its devices' agents
             wait_ready(p, folder / f"worker-{w}.log", timeout_s=300)
+        for p in workers:  # then all check in together
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.close()
         follower, done = LogFollower(folder / "orchestrator.log"), False
         while not done and orch.poll() is None and time.monotonic() - started < args.timeout:
             for line in follower.lines():

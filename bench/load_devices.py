@@ -352,12 +352,15 @@ def main() -> int:
     ]
     threads = [threading.Thread(target=d.run, args=(stop,), name=d.name, daemon=True) for d in devices]
     # SIGTERM from the harness once the orchestrator is done: without it every device would first sit out the
-    # rest of its check-in (up to 10 s) before it hears that no rounds are left.
+    # rest of its check-in (up to CHECK_IN_WAIT_S) before it hears that no rounds are left.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     me, peaks = psutil.Process(), dict[str, float]()
     sample(me, peaks)
     base_rss = peaks["rss_mib"]
     print(f"READY devices={len(threads)}", flush=True)
+    # Every worker's devices check in together once all are ready (the harness writes one line): the first
+    # cohort is drawn from all workers, not from the one that loaded first (one process is one core).
+    sys.stdin.readline()
     for t in threads:
         t.start()
     end = time.monotonic() + manifest.get("timeout_s", 900)

@@ -207,10 +207,15 @@ class Coordinator:
 
     # round loop ----------------------------------------------------------------------------------------
     def _present(self) -> list[str]:
-        """Devices that polled lately and are not left out of the next attempt (cheap: no registry read)."""
+        """Devices waiting in a poll now or that polled lately, less those left out of the next attempt (cheap:
+        no registry read). A long poll outlasts ``presence_s``: its device is present for as long as it waits."""
         now = self._clock()
         blocked = self._blocked.get(self._index, set())
-        return sorted(d for d, (t, _) in self._seen.items() if now - t <= self.settings.presence_s and d not in blocked)
+        return sorted(
+            d
+            for d, (t, _) in self._seen.items()
+            if (d in self._polls or now - t <= self.settings.presence_s) and d not in blocked
+        )
 
     def _available(self) -> list[str]:
         """The present devices that are not revoked: what a cohort is sampled from (one registry read)."""

@@ -80,3 +80,26 @@ def test_one_outstanding_poll_per_device_a_newer_one_replaces_the_older() -> Non
     older.join(timeout=10)
     assert not older.is_alive() and "superseded by a newer check-in" in str(outcome[0])
     assert coordinator._polls == {}
+
+
+def test_a_device_waiting_in_a_long_poll_stays_present_past_presence_s() -> None:
+    """A check-in waits up to 40 s, longer than ``presence_s``: the device is available for as long as its
+    poll waits, and only a device that stopped polling ages out."""
+    now = [0.0]
+    shapes = {"layer": ModuleShape(4, 4)}
+    strategy = make_strategy("hetlora-rebase", StrategyConfig(r_min=2, r_max=4))
+    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, 0)), {}, 2, 0)
+    settings = RoundSettings(rounds=1, per_round=2, min_devices=2, presence_s=15.0)
+    coordinator = Coordinator(
+        engine, shapes, settings, lambda d: 2, lambda *a: None, lambda *a: ((), ()), clock=lambda: now[0]
+    )
+    key = Ed25519Signer.generate().public_bytes
+    waiting = coordinator._register("dev-waiting", key)  # its poll is outstanding
+    gone = coordinator._register("dev-gone", key)
+    with coordinator._cond:
+        coordinator._drop_poll("dev-gone", gone)  # its poll ended (cancelled) and it never came back
+    now[0] = 30.0
+    assert coordinator._present() == ["dev-waiting"]
+    with coordinator._cond:
+        coordinator._drop_poll("dev-waiting", waiting)
+    assert coordinator._present() == []
