@@ -177,6 +177,22 @@ class Coordinator:
             raise errors.unavailable("the orchestrator is shutting down")
         raise errors.not_yet("no task for this device yet; ask again")
 
+    def redeliver(self, device_id: str, assignment: Assignment) -> None:
+        """Keep a task whose download was cut off for the device's next check-in, while its round runs.
+
+        The device keeps the signing key it advertised until a task arrives whole, so the redelivered task
+        still matches it; without this, one stalled download made the device a dropout of the round."""
+        with self._cond:
+            current = self._current
+            if current is None or current.round_id != assignment.round_id or device_id not in current.cohort:
+                return
+            if self.guard.excluded(device_id) or device_id in self._reports:
+                return
+            self._assigned.setdefault(device_id, assignment)
+            log.info(
+                "round_id=%d device=%s: task download cut off; kept for its next check-in", current.round_id, device_id
+            )
+
     def report(self, device_id: str, round_id: int, report: Report) -> None:
         with self._cond:
             current = self._current

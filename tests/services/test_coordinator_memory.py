@@ -103,3 +103,25 @@ def test_a_device_waiting_in_a_long_poll_stays_present_past_presence_s() -> None
     with coordinator._cond:
         coordinator._drop_poll("dev-waiting", waiting)
     assert coordinator._present() == []
+
+
+def test_a_task_cut_off_mid_download_is_handed_out_again_while_its_round_runs() -> None:
+    """A stalled reader's task stream is dropped by the idle timeout; the device's next check-in must get the
+    same task (same round, same signing key) instead of sitting the round out as a dropout."""
+    from services.orchestrator.round_types import Assignment, RoundRecord
+
+    shapes = {"layer": ModuleShape(4, 4)}
+    strategy = make_strategy("hetlora-rebase", StrategyConfig(r_min=2, r_max=4))
+    engine = RoundEngine(strategy, MemoryStore(strategy.initial(shapes, 0)), {}, 2, 0)
+    coordinator = Coordinator(
+        engine, shapes, RoundSettings(rounds=1, per_round=2), lambda d: 2, lambda *a: None, lambda *a: ((), ())
+    )
+    key = Ed25519Signer.generate().public_bytes
+    task = Assignment(7, 1, 0, 2, 0, b"npz", (2, 4), 2, (), key)
+    coordinator._current = RoundRecord(7, 1, "training", 0, ("dev-1", "dev-2"))
+    coordinator.redeliver("dev-1", task)
+    assert coordinator.check_in("dev-1", key, wait_s=1.0) == task
+    coordinator.redeliver("dev-3", task)  # not in the cohort: nothing kept
+    coordinator._current = RoundRecord(8, 2, "training", 0, ("dev-1", "dev-2"))
+    coordinator.redeliver("dev-1", task)  # its round is over: nothing kept
+    assert coordinator._assigned == {}
