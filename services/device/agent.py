@@ -22,6 +22,7 @@ from services.api.hetlora.v1 import aggregator_pb2_grpc as agg_rpc
 from services.api.hetlora.v1 import orchestrator_pb2 as pb
 from services.api.hetlora.v1 import orchestrator_pb2_grpc as rpc
 from services.device.secure_upload import LeftRoundError, WireBytes, secure_upload
+from services.device.watchdog import WATCHDOG
 from services.errors import BASE_MODEL_MISMATCH
 from services.orchestrator.task_codec import factors_from_bytes
 from services.privacy_settings import example_dp_from, spend_message, user_dp_from
@@ -40,6 +41,7 @@ MAX_TASK_BYTES = 4 << 30
 # How long one check-in waits for a task: a waiting poll holds no server thread, and a task answers it at once,
 # so a long wait only saves calls (2,000 idle devices polling every 10 s cost the orchestrator ~0.2 CPU-s/s).
 CHECK_IN_WAIT_S = 40.0
+WATCHDOG_GRACE_S = 15.0  # past a call's deadline, the device cancels it itself
 log = logging.getLogger("hetlora.device")
 # Statuses after which a device simply checks in again: a service restarting or a connection cut mid-call
 # (SIGKILL of a server surfaces as UNAVAILABLE, CANCELLED, UNKNOWN or INTERNAL), or a round that ended
@@ -140,19 +142,27 @@ class DeviceAgent:
         )
         header: pb.TaskHeader | None = None
         parts: list[bytes] = []
+        guard: int | None = None
         try:
-            for message in self.orchestrator.GetTask(request, timeout=wait_s + 30):
+            call = self.orchestrator.GetTask(request, timeout=wait_s + 30)
+            # The call's own deadline can fail to fire (seen at 500 channels in one process: a stream that
+            # stalled once waited forever); the watchdog cancels it, and the next check-in gets the task again.
+            guard = WATCHDOG.arm(wait_s + 30 + WATCHDOG_GRACE_S, getattr(call, "cancel", lambda: None))
+            for message in call:
                 if message.HasField("header"):
                     header = message.header
                     if header.factors_bytes > MAX_TASK_BYTES:
                         raise ValueError(f"task of {header.factors_bytes} bytes exceeds this device's limit")
                 parts.append(message.factors_chunk)
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                return None
+            if (guard is not None and WATCHDOG.disarm(guard)) or e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return None  # no task yet, or a hung call the watchdog ended
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION and BASE_MODEL_MISMATCH in (e.details() or ""):
                 raise BaseModelMismatchError(e.details()) from None
             raise
+        finally:
+            if guard is not None:
+                WATCHDOG.disarm(guard)
         if header is None:
             raise ValueError("task stream carried no header")
         if header.base_model_fingerprint and header.base_model_fingerprint != self.fingerprint:

@@ -66,7 +66,10 @@ class Coordinator:
         self._cond = threading.Condition()
         self._wake = Wakeups(self._cond)  # the round thread and asyncio check-ins both wait on _cond
         self._seen: dict[str, tuple[float, bytes]] = {}  # device -> (last poll, signing key)
-        self._assigned: dict[str, Assignment] = {}
+        self._assigned: dict[str, Assignment] = {}  # tasks waiting for their device's check-in
+        # Every task of the running round, by device: a device whose download failed (a stalled stream, a
+        # call that hung) checks in again with the same signing key and gets the same task again.
+        self._handed: dict[str, Assignment] = {}
         self._polls: dict[str, int] = {}  # device -> number of its outstanding poll (one per device)
         self._reports: dict[str, Report] = {}
         self._refused: dict[str, int] = {}  # field -> reports refused for it in the running round
@@ -145,10 +148,23 @@ class Coordinator:
             self.unavailable_devices.pop(device_id, None)
             # One outstanding poll per device: a newer one replaces it, and the older returns at once.
             poll = self._polls[device_id] = self._polls.get(device_id, 0) + 1
+            self._hand_again(device_id, signing_key)
             if device_id not in self._assigned:
                 self._seen[device_id] = (self._clock(), signing_key)
             self._wake.notify(device_id)  # the round thread, and this device's older poll (replaced)
         return poll
+
+    def _hand_again(self, device_id: str, signing_key: bytes) -> None:
+        """Re-issue this round's task to a cohort member that checks in again before reporting, with the key
+        the round was opened with (condition held): its download failed, and it must not be a dropout for it.
+        A new key means a restarted device that cannot sign for this round: it sits the round out."""
+        task = self._handed.get(device_id)
+        if task is None or device_id in self._assigned or device_id in self._reports:
+            return
+        if task.signing_key != signing_key or self.guard.excluded(device_id):
+            return
+        self._assigned[device_id] = task
+        log.info("round_id=%d device=%s: checked in again before reporting; task sent again", task.round_id, device_id)
 
     def _answerable(self, device_id: str, poll: int) -> Callable[[], bool]:
         """When a waiting poll has its answer: a task, the end of the rounds, or a newer poll of the device."""
@@ -176,22 +192,6 @@ class Coordinator:
         if self._stop.is_set():
             raise errors.unavailable("the orchestrator is shutting down")
         raise errors.not_yet("no task for this device yet; ask again")
-
-    def redeliver(self, device_id: str, assignment: Assignment) -> None:
-        """Keep a task whose download was cut off for the device's next check-in, while its round runs.
-
-        The device keeps the signing key it advertised until a task arrives whole, so the redelivered task
-        still matches it; without this, one stalled download made the device a dropout of the round."""
-        with self._cond:
-            current = self._current
-            if current is None or current.round_id != assignment.round_id or device_id not in current.cohort:
-                return
-            if self.guard.excluded(device_id) or device_id in self._reports:
-                return
-            self._assigned.setdefault(device_id, assignment)
-            log.info(
-                "round_id=%d device=%s: task download cut off; kept for its next check-in", current.round_id, device_id
-            )
 
     def report(self, device_id: str, round_id: int, report: Report) -> None:
         with self._cond:
@@ -303,11 +303,11 @@ class Coordinator:
         self.guard.begin(round_id, ids)
         payloads = task_payloads(tasks)  # once per rank, outside the lock: check-ins are never held behind it
         with self._cond:
-            self._current, self._reports, self._refused = record, {}, {}
+            self._current, self._reports, self._refused, self._handed = record, {}, {}, {}
             self._round_ranks = dict(plan.ranks)
             for d in cohort:
                 t = tasks[d]
-                self._assigned[d] = Assignment(
+                self._assigned[d] = self._handed[d] = Assignment(
                     round_id,
                     index,
                     t.version,
@@ -354,7 +354,7 @@ class Coordinator:
                 self._reports.get(d) or Report(d, plan.ranks[d], plan.ranks[d], None, float("nan"), 0)
                 for d in sorted(survived)
             ]
-            self._current = None
+            self._end_assignments(cohort)
             refused = tuple(sorted(self._refused.items()))
         if dense:
             products, product_weight = decode_dense(sums, self.shapes)
@@ -394,6 +394,12 @@ class Coordinator:
         )
         return True
 
+    def _end_assignments(self, cohort: list[str]) -> None:
+        """The round is over (condition held): tasks nobody fetched are void, and none is handed out again."""
+        self._current, self._handed = None, {}
+        for d in cohort:
+            self._assigned.pop(d, None)
+
     def _finish_empty(
         self, record: RoundRecord, plan: RoundPlan, cohort: list[str], why: str, rejected: str = ""
     ) -> None:
@@ -401,9 +407,7 @@ class Coordinator:
         excluded, tainted = self.guard.end()
         self._blocked.setdefault(record.round_index, set()).update(excluded, tainted)
         with self._cond:
-            self._current = None
-            for d in cohort:
-                self._assigned.pop(d, None)
+            self._end_assignments(cohort)
             refused = tuple(sorted(self._refused.items()))
         outcome = self.engine.finish(plan, [], cohort)
         self.outcomes.append(outcome)

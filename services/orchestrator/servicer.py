@@ -80,15 +80,9 @@ class OrchestratorServicer(rpc.OrchestratorServiceServicer):
         )
         size = len(task.factors)
         log.info("round_id=%d device=%s: task sent (rank %d, %d bytes)", task.round_id, device, task.rank, size)
-        delivered = False
-        try:
-            for i, part in enumerate(chunks(task.factors)):
-                yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)
-                DOWNLOAD_BYTES.inc(len(part))
-            delivered = True
-        finally:
-            if not delivered:  # cut off mid-task (stalled reader, cap, cancel): its next check-in gets it again
-                self.coordinator.redeliver(device, task)
+        for i, part in enumerate(chunks(task.factors)):
+            yield pb.GetTaskResponse(header=header if i == 0 else None, factors_chunk=part)
+            DOWNLOAD_BYTES.inc(len(part))
 
     @aio_grpc_errors
     async def ReportTraining(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
+import pytest
 
 from secure_agg import Ed25519Signer
 from services.orchestrator.coordinator import HISTORY_ROUNDS, Coordinator, RoundSettings
@@ -105,10 +106,13 @@ def test_a_device_waiting_in_a_long_poll_stays_present_past_presence_s() -> None
     assert coordinator._present() == []
 
 
-def test_a_task_cut_off_mid_download_is_handed_out_again_while_its_round_runs() -> None:
-    """A stalled reader's task stream is dropped by the idle timeout; the device's next check-in must get the
-    same task (same round, same signing key) instead of sitting the round out as a dropout."""
+def test_a_member_that_checks_in_again_before_reporting_gets_its_task_again() -> None:
+    """A stalled reader's task stream is dropped by the idle timeout (or the call hangs on the device and its
+    watchdog cancels it): the device checks in again with the key the round was opened with and must get the
+    same task, not sit the round out. A new key (a restarted device) or a report already in gets nothing."""
+    from services.errors import ServiceError
     from services.orchestrator.round_types import Assignment, RoundRecord
+    from trainer.device import Report
 
     shapes = {"layer": ModuleShape(4, 4)}
     strategy = make_strategy("hetlora-rebase", StrategyConfig(r_min=2, r_max=4))
@@ -116,12 +120,18 @@ def test_a_task_cut_off_mid_download_is_handed_out_again_while_its_round_runs() 
     coordinator = Coordinator(
         engine, shapes, RoundSettings(rounds=1, per_round=2), lambda d: 2, lambda *a: None, lambda *a: ((), ())
     )
-    key = Ed25519Signer.generate().public_bytes
+    key, other = Ed25519Signer.generate().public_bytes, Ed25519Signer.generate().public_bytes
     task = Assignment(7, 1, 0, 2, 0, b"npz", (2, 4), 2, (), key)
     coordinator._current = RoundRecord(7, 1, "training", 0, ("dev-1", "dev-2"))
-    coordinator.redeliver("dev-1", task)
+    coordinator._handed = {"dev-1": task, "dev-2": task}
     assert coordinator.check_in("dev-1", key, wait_s=1.0) == task
-    coordinator.redeliver("dev-3", task)  # not in the cohort: nothing kept
-    coordinator._current = RoundRecord(8, 2, "training", 0, ("dev-1", "dev-2"))
-    coordinator.redeliver("dev-1", task)  # its round is over: nothing kept
-    assert coordinator._assigned == {}
+    assert coordinator.check_in("dev-1", key, wait_s=1.0) == task  # and again, while it has not reported
+    with pytest.raises(ServiceError, match="no task"):
+        coordinator.check_in("dev-1", other, wait_s=0.01)
+    coordinator._reports["dev-2"] = Report("dev-2", 2, 2, None, 1.0, 1)
+    with pytest.raises(ServiceError, match="no task"):
+        coordinator.check_in("dev-2", key, wait_s=0.01)
+    with coordinator._cond:
+        coordinator._end_assignments(["dev-1", "dev-2"])
+    with pytest.raises(ServiceError, match="no task"):
+        coordinator.check_in("dev-1", key, wait_s=0.01)
