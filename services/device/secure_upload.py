@@ -6,6 +6,7 @@ For each stage: wait (long poll, bounded) for the server's message, compute the 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ def secure_upload(
         nonlocal sent
         if stop_before == stage:
             raise LeftRoundError(f"stopped before {stage} (simulated crash)")
-        stub.SubmitStage(_chunks(round_id, stage, payload), timeout=max(1.0, end - time.monotonic()))
+        send_stage(stub, round_id, stage, payload, end)
         sent += len(payload)
 
     start = await_stage(Stage.ADVERTISE_KEYS)
@@ -104,6 +105,20 @@ def secure_upload(
     unmask = UnmaskRequest.from_bytes(await_stage(Stage.UNMASK).payload)
     submit(Stage.UNMASK, client.unmask(unmask).to_bytes())
     return WireBytes(sent, received)
+
+
+def send_stage(stub: rpc.AggregatorServiceStub, round_id: int, stage: Stage, payload: bytes, end: float) -> None:
+    """Upload one stage message, again from its first chunk when the server dropped it as stalled (its idle
+    timeout answers DEADLINE_EXCEEDED: "send it again"), until ``end`` (monotonic)."""
+    for attempt in itertools.count():
+        try:
+            stub.SubmitStage(_chunks(round_id, stage, payload), timeout=max(1.0, end - time.monotonic()))
+            return
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.ALREADY_EXISTS and attempt > 0:
+                return  # an earlier attempt landed and only its answer was lost
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED or end - time.monotonic() <= 1.0:
+                raise
 
 
 def _chunks(round_id: int, stage: Stage, payload: bytes) -> Iterator[pb.SubmitStageRequest]:
