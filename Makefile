@@ -69,9 +69,10 @@ bench: bench-secagg bench-services bench-dp  ## all fast benchmarks (JSON under 
 bench-secagg:  ## secure aggregation cost grid -> bench/results/secagg.json
 	$(PY) bench/secagg_bench.py --json bench/results/secagg.json
 
-bench-load:  ## services as processes, 2,000 SmolLM2-shaped devices, cohorts of 200: 4 rounds, then 1 with 30 % killed (~25 min)
+bench-load:  ## services as processes, 2,000 SmolLM2-shaped devices, cohorts of 200: 4 rounds, then 1 with 30 % killed (~40 min)
 	$(PY) bench/load.py --devices 2000 --per-round 200 --model smollm2 --rounds 4 --fail-rate 0,0.3 --fault-rounds 1 \
-	    --stage-timeout 600 --timeout 4000 --json bench/results/load.json
+	    --stage-timeout 600 --fault-stage-timeout 150 \
+	    --timeout 4000 --json bench/results/load.json
 
 bench-sim:  ## hetlora simulate in-process vs Ray (2 actors x 1 CPU), tiny and SmolLM2, 40 clients, 20 a round -> bench/results/sim.json
 	$(PY) bench/sim_bench.py --models tiny,smollm2 --json bench/results/sim.json

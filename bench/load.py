@@ -552,6 +552,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a SecAgg+ stage waits for devices; auto: 120 s, with faults 2 x the slowest stage of "
         "the fault-free pass at the same N (put 0 first in --fail-rate), at least 10 s",
     )
+    p.add_argument(
+        "--fault-stage-timeout",
+        default=None,
+        help="--stage-timeout for the passes with faults (default: the same): a stage a killed device was "
+        "expected in waits out its deadline, so a long fault-free timeout makes each fault round take 5 x as long",
+    )
     p.add_argument("--timeout", type=float, default=900, help="seconds one deployment may take")
     p.add_argument(
         "--no-reference",
@@ -571,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         fault_free = None
         for f in args.fail_rate:
             run = argparse.Namespace(**{**vars(args), "fail_rate": f})
-            run.stage_timeout = _stage_timeout(args.stage_timeout, f, fault_free)
+            timeout = args.fault_stage_timeout if f and args.fault_stage_timeout else args.stage_timeout
+            run.stage_timeout = _stage_timeout(timeout, f, fault_free)
             r = run_once(n, run)
             ranks = r.pop("_cohort_ranks")
             if args.reference and ranks and n not in references:
